@@ -6,18 +6,18 @@
 __all__ = ['CvlueError', 'DataError', 'read_json', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'sha256_file',
            'seed_everything', 'dist_info', 'is_main_process', 'cache_dir', 'shared_dir', 'cvlue_sample_dir']
 
-# %% ../nbs/00_core.ipynb #bcb6438b
+# %% ../nbs/00_core.ipynb #ae9a3222
 import hashlib, json, os, random, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
 
-# %% ../nbs/00_core.ipynb #042a0682
+# %% ../nbs/00_core.ipynb #ebfbdda2
 class CvlueError(Exception):
     "Base class of the errors cvlue_nb raises on purpose: its message is meant for the user, not for a debugger"
 
-# %% ../nbs/00_core.ipynb #ea5ef625
+# %% ../nbs/00_core.ipynb #5e29b444
 class DataError(CvlueError, ValueError):
     "A problem with one input file or record: says which file, which record and which field"
     def __init__(self, msg:str,          # what is wrong, in words
@@ -33,7 +33,7 @@ class DataError(CvlueError, ValueError):
         if self.field: loc += ('.' if loc else '') + self.field
         return loc + ': ' if loc else ''
 
-# %% ../nbs/00_core.ipynb #637785e0
+# %% ../nbs/00_core.ipynb #97bfbacd
 def read_json(path:str|Path): # a JSON file (UTF-8, optionally with a BOM)
     "Load a JSON file, raising `DataError` naming the file for missing, empty, non-UTF-8 or malformed content"
     path = Path(path)
@@ -49,7 +49,7 @@ def read_json(path:str|Path): # a JSON file (UTF-8, optionally with a BOM)
         what = 'truncated JSON' if e.pos >= len(text.rstrip()) else 'malformed JSON'
         raise DataError(f'{what}: {e.msg} at line {e.lineno} column {e.colno}', path) from None
 
-# %% ../nbs/00_core.ipynb #92bb0f58
+# %% ../nbs/00_core.ipynb #41651206
 @contextmanager
 def atomic_path(path:str|Path): # the final destination
     "Yield a temporary path next to `path`; on success it is renamed onto `path`, on error it is removed"
@@ -63,7 +63,7 @@ def atomic_path(path:str|Path): # the final destination
         if os.path.exists(tmp): os.remove(tmp)
         raise
 
-# %% ../nbs/00_core.ipynb #c42c4f06
+# %% ../nbs/00_core.ipynb #ab3c928c
 def atomic_write_text(path:str|Path, text:str) -> Path:
     "Write `text` (UTF-8) to `path` atomically"
     with atomic_path(path) as tmp: Path(tmp).write_text(text, encoding='utf-8')
@@ -73,7 +73,7 @@ def atomic_write_json(path:str|Path, obj, indent:int|None=None) -> Path:
     "Write `obj` as UTF-8 JSON (Chinese kept readable) to `path` atomically"
     return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent))
 
-# %% ../nbs/00_core.ipynb #e4e57658
+# %% ../nbs/00_core.ipynb #8068ef19
 def sha256_file(path:str|Path, chunk:int=1<<20) -> str:
     "Hex SHA-256 of a file's bytes"
     h = hashlib.sha256()
@@ -81,12 +81,12 @@ def sha256_file(path:str|Path, chunk:int=1<<20) -> str:
         for b in iter(lambda: f.read(chunk), b''): h.update(b)
     return h.hexdigest()
 
-# %% ../nbs/00_core.ipynb #141687b1
+# %% ../nbs/00_core.ipynb #a162e4d5
 def seed_everything(seed:int): # the seed; add the rank for per-process streams
     "Seed Python's, NumPy's and torch's global generators"
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
-# %% ../nbs/00_core.ipynb #a0ed1651
+# %% ../nbs/00_core.ipynb #c3115375
 def dist_info() -> tuple[int,int,int]:
     "(rank, local_rank, world_size) from torchrun's environment variables; (0, 0, 1) outside torchrun"
     return int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
@@ -96,14 +96,14 @@ def is_main_process() -> bool:
     if torch.distributed.is_available() and torch.distributed.is_initialized(): return torch.distributed.get_rank() == 0
     return dist_info()[0] == 0
 
-# %% ../nbs/00_core.ipynb #722cf1ed
+# %% ../nbs/00_core.ipynb #b0031d8f
 def cache_dir(*parts:str) -> Path:
     "Folder under the cvlue_nb cache (`$CVLUE_NB_CACHE`, default `~/.cache/cvlue_nb`), created on demand"
     root = Path(os.environ.get('CVLUE_NB_CACHE') or Path.home()/'.cache'/'cvlue_nb')
     p = root.joinpath(*parts); p.mkdir(parents=True, exist_ok=True)
     return p
 
-# %% ../nbs/00_core.ipynb #f66d9227
+# %% ../nbs/00_core.ipynb #2932db06
 def shared_dir() -> Path|None:
     "The `shared/` reference folder beside the checkout (or `$CVLUE_SHARED`), None when absent"
     if os.environ.get('CVLUE_SHARED'): return Path(os.environ['CVLUE_SHARED'])

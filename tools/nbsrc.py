@@ -3,12 +3,13 @@
     python tools/nbsrc.py to-py  nbs/01_data.ipynb  draft.py     # notebook -> percent-format text
     python tools/nbsrc.py to-nb  draft.py  nbs/01_data.ipynb     # percent-format text -> notebook (outputs dropped)
     python tools/nbsrc.py run    nbs/01_data.ipynb [--flags slow] # execute top to bottom, store outputs, nbdev_clean it
+    python tools/nbsrc.py ids    nbs/01_data.ipynb                # give cells deterministic ids (run does this too)
 
 Percent format: a line `# %%` starts a code cell, `# %% [markdown]` a markdown cell (its lines start with `# `),
 `# %% [raw]` a raw cell. Cells marked `#| eval: false`, cells calling `nbdev_export(`, and cells with a test
 flag from settings.ini that is not in --flags are not executed by `run` (the same rules as nbdev_test).
 """
-import json, os, re, sys, argparse
+import hashlib, json, os, re, sys, argparse
 from pathlib import Path
 
 HEADER = re.compile(r'^# %%(?: \[(markdown|raw)\])?\s*$')
@@ -27,6 +28,20 @@ def nb_to_py(nb_path, py_path):
 def _uncomment(lines):
     return [l[2:] if l.startswith('# ') else ('' if l == '#' else l) for l in lines]
 
+def _cell_id(i, src):
+    "Deterministic cell id: nbdev_export writes cell ids into cvlue_nb/, so random ids would make the export drift"
+    return hashlib.sha1(f'{i}:{src}'.encode('utf-8')).hexdigest()[:8]
+
+def ensure_ids(nb_path):
+    "Give every cell of a notebook a deterministic id (nbformat 4.5) if it has none"
+    nb = json.loads(Path(nb_path).read_text(encoding='utf-8'))
+    changed = False
+    for i, c in enumerate(nb['cells']):
+        if not c.get('id'): c['id'] = _cell_id(i, ''.join(c['source'])); changed = True
+    if nb.get('nbformat_minor', 0) < 5: nb['nbformat_minor'] = 5; changed = True
+    if changed: Path(nb_path).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
+    return changed
+
 def py_to_nb(py_path, nb_path):
     text = Path(py_path).read_text(encoding='utf-8')
     cells, kind, buf = [], None, []
@@ -36,7 +51,7 @@ def py_to_nb(py_path, nb_path):
         while lines and not lines[-1].strip(): lines.pop()
         if kind != 'code': lines = _uncomment(lines)
         src = '\n'.join(lines)
-        cell = {'cell_type': kind, 'metadata': {}, 'source': src.splitlines(keepends=True)}
+        cell = {'cell_type': kind, 'id': _cell_id(len(cells), src), 'metadata': {}, 'source': src.splitlines(keepends=True)}
         if kind == 'code': cell.update(execution_count=None, outputs=[])
         cells.append(cell)
     for line in text.split('\n'):
@@ -46,7 +61,7 @@ def py_to_nb(py_path, nb_path):
         else: buf.append(line)
     flush()
     nb = {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}},
-          'nbformat': 4, 'nbformat_minor': 4}
+          'nbformat': 4, 'nbformat_minor': 5}
     Path(nb_path).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
 
 def _skip_flags(force):
@@ -60,6 +75,7 @@ def run_nb(nb_path, force=()):
     from nbdev.process import extract_directives
     from nbdev.clean import clean_nb
     nb_path = Path(nb_path).resolve()
+    ensure_ids(nb_path)
     skip = _skip_flags(force)
     nb = read_nb(nb_path)
     def preproc(cell):
@@ -81,10 +97,11 @@ def run_nb(nb_path, force=()):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('cmd', choices=['to-py', 'to-nb', 'run'])
+    p.add_argument('cmd', choices=['to-py', 'to-nb', 'run', 'ids'])
     p.add_argument('src'); p.add_argument('dest', nargs='?')
     p.add_argument('--flags', default='', help='test flags to run anyway, e.g. "slow"')
     a = p.parse_args()
     if a.cmd == 'to-py': nb_to_py(a.src, a.dest)
     elif a.cmd == 'to-nb': py_to_nb(a.src, a.dest)
+    elif a.cmd == 'ids': print('ids added' if ensure_ids(a.src) else 'ids present')
     else: run_nb(a.src, a.flags.split())
