@@ -6,18 +6,16 @@
 __all__ = ['CvlueError', 'DataError', 'read_json', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'sha256_file',
            'seed_everything', 'dist_info', 'is_main_process', 'cache_dir', 'shared_dir', 'cvlue_sample_dir']
 
-# %% ../nbs/00_core.ipynb #ae9a3222
+# %% ../nbs/00_core.ipynb #5108b365
 import hashlib, json, os, random, tempfile
 from contextlib import contextmanager
 from pathlib import Path
-import numpy as np
-import torch
 
-# %% ../nbs/00_core.ipynb #ebfbdda2
+# %% ../nbs/00_core.ipynb #1808b802
 class CvlueError(Exception):
     "Base class of the errors cvlue_nb raises on purpose: its message is meant for the user, not for a debugger"
 
-# %% ../nbs/00_core.ipynb #5e29b444
+# %% ../nbs/00_core.ipynb #88342e7d
 class DataError(CvlueError, ValueError):
     "A problem with one input file or record: says which file, which record and which field"
     def __init__(self, msg:str,          # what is wrong, in words
@@ -33,7 +31,7 @@ class DataError(CvlueError, ValueError):
         if self.field: loc += ('.' if loc else '') + self.field
         return loc + ': ' if loc else ''
 
-# %% ../nbs/00_core.ipynb #97bfbacd
+# %% ../nbs/00_core.ipynb #226ed03d
 def read_json(path:str|Path): # a JSON file (UTF-8, optionally with a BOM)
     "Load a JSON file, raising `DataError` naming the file for missing, empty, non-UTF-8 or malformed content"
     path = Path(path)
@@ -49,7 +47,7 @@ def read_json(path:str|Path): # a JSON file (UTF-8, optionally with a BOM)
         what = 'truncated JSON' if e.pos >= len(text.rstrip()) else 'malformed JSON'
         raise DataError(f'{what}: {e.msg} at line {e.lineno} column {e.colno}', path) from None
 
-# %% ../nbs/00_core.ipynb #41651206
+# %% ../nbs/00_core.ipynb #f112f908
 @contextmanager
 def atomic_path(path:str|Path): # the final destination
     "Yield a temporary path next to `path`; on success it is renamed onto `path`, on error it is removed"
@@ -63,7 +61,7 @@ def atomic_path(path:str|Path): # the final destination
         if os.path.exists(tmp): os.remove(tmp)
         raise
 
-# %% ../nbs/00_core.ipynb #ab3c928c
+# %% ../nbs/00_core.ipynb #5a940c14
 def atomic_write_text(path:str|Path, text:str) -> Path:
     "Write `text` (UTF-8) to `path` atomically"
     with atomic_path(path) as tmp: Path(tmp).write_text(text, encoding='utf-8')
@@ -73,7 +71,7 @@ def atomic_write_json(path:str|Path, obj, indent:int|None=None) -> Path:
     "Write `obj` as UTF-8 JSON (Chinese kept readable) to `path` atomically"
     return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent))
 
-# %% ../nbs/00_core.ipynb #8068ef19
+# %% ../nbs/00_core.ipynb #44e3223a
 def sha256_file(path:str|Path, chunk:int=1<<20) -> str:
     "Hex SHA-256 of a file's bytes"
     h = hashlib.sha256()
@@ -81,29 +79,31 @@ def sha256_file(path:str|Path, chunk:int=1<<20) -> str:
         for b in iter(lambda: f.read(chunk), b''): h.update(b)
     return h.hexdigest()
 
-# %% ../nbs/00_core.ipynb #a162e4d5
+# %% ../nbs/00_core.ipynb #da111718
 def seed_everything(seed:int): # the seed; add the rank for per-process streams
     "Seed Python's, NumPy's and torch's global generators"
+    import numpy as np, torch  # imported here: command-line tools that never touch torch start faster
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
-# %% ../nbs/00_core.ipynb #c3115375
+# %% ../nbs/00_core.ipynb #8898bdc8
 def dist_info() -> tuple[int,int,int]:
     "(rank, local_rank, world_size) from torchrun's environment variables; (0, 0, 1) outside torchrun"
     return int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
 
 def is_main_process() -> bool:
     "True on rank 0 (and outside torchrun): the only process that logs and writes shared files"
+    import torch
     if torch.distributed.is_available() and torch.distributed.is_initialized(): return torch.distributed.get_rank() == 0
     return dist_info()[0] == 0
 
-# %% ../nbs/00_core.ipynb #b0031d8f
+# %% ../nbs/00_core.ipynb #7c029aee
 def cache_dir(*parts:str) -> Path:
     "Folder under the cvlue_nb cache (`$CVLUE_NB_CACHE`, default `~/.cache/cvlue_nb`), created on demand"
     root = Path(os.environ.get('CVLUE_NB_CACHE') or Path.home()/'.cache'/'cvlue_nb')
     p = root.joinpath(*parts); p.mkdir(parents=True, exist_ok=True)
     return p
 
-# %% ../nbs/00_core.ipynb #2932db06
+# %% ../nbs/00_core.ipynb #023e5ee0
 def shared_dir() -> Path|None:
     "The `shared/` reference folder beside the checkout (or `$CVLUE_SHARED`), None when absent"
     if os.environ.get('CVLUE_SHARED'): return Path(os.environ['CVLUE_SHARED'])
