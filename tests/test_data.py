@@ -1,0 +1,281 @@
+"CLI round-trips of `python -m cvlue_nb.data validate` and property checks of the CVLUE data layer."
+import json, os, subprocess, sys, warnings
+from pathlib import Path
+import pytest, torch
+from PIL import Image
+from cvlue_nb.core import DataError, cvlue_sample_dir
+from cvlue_nb.data import *
+
+SAMPLE = cvlue_sample_dir()
+ROOT = Path(__file__).resolve().parent.parent
+
+def wj(path, obj):
+    path.write_text(json.dumps(obj, ensure_ascii=False), encoding='utf-8'); return path
+
+def assert_lines(out, path, *expected):
+    "Each expected text appears on a line about `path`"
+    lines = [l for l in out.splitlines() if l.startswith(str(path))]
+    for e in expected: assert any(e in l for l in lines), f'{e!r} not reported for {path.name}:\n' + '\n'.join(lines)
+
+# Every CLI case below is one `python -m cvlue_nb.data validate ...` process (the module does not import torch, so
+# each takes well under a second). The module fixture `cli` runs them all; each test checks its own run.
+CASES = {}
+def case(f):
+    "Register a builder: tmp dir → (argument list, files dict); its run is available as cli[f.__name__]"
+    CASES[f.__name__] = f; return f
+
+@pytest.fixture(scope='module')
+def cli(tmp_path_factory):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    res = {}
+    for name, build in CASES.items():
+        args, files = build(tmp_path_factory.mktemp(name))
+        if args is None: continue
+        r = subprocess.run([sys.executable, '-m', 'cvlue_nb.data', *map(str, args)], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+        res[name] = (r.returncode, r.stdout, files)
+    return res
+
+def test_import_does_not_load_torch():
+    "The validate command must start fast: importing cvlue_nb.data leaves torch alone"
+    code = 'import sys, cvlue_nb.data; assert "torch" not in sys.modules, "cvlue_nb.data imported torch"'
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+
+def get(cli, name):
+    if name not in cli: pytest.skip('the real CVLUE sample (../shared/cvlue_sample) is not here')
+    return cli[name]
+
+# ---------------------------------------------------------------- real sample files: clean, exit 0
+REAL = dict(itr=['test_example/IC/images.json', 'test_example/IC/captions.json', 'test_example/IC/gold.json', 'example/IC/example.json'],
+            vqa=['test_example/VQA/test_VQA.json', 'test_example/VQA/gold.json', 'test_example/VQA/submit_VQA.json',
+                 'example/VQA/example.json', 'example/VQA/answer_list.json'],
+            vg=['test_example/VG/test_VG.json', 'test_example/VG/gold.json', 'example/VG/example.json'],
+            vd=['test_example/VD/test_VD.json', 'test_example/VD/gold.json'])
+def real_case(task):
+    "Builder for the run over all of one task's real sample files"
+    def build(d): return (['validate', '--task', task, *[SAMPLE/f for f in REAL[task]]] if SAMPLE else None), REAL[task]
+    return build
+for _t in REAL: CASES[f'real_{_t}'] = real_case(_t)
+
+@pytest.mark.parametrize('task', list(REAL))
+def test_cli_real_samples_clean(cli, task):
+    rc, out, files = get(cli, f'real_{task}')
+    assert rc == 0, out
+    assert out.count(': clean') == len(files) and 'Traceback' not in out
+
+@case
+def real_images(d):
+    return (['validate', '--task', 'vg', SAMPLE/'example/VG/example.json', '--image-root', SAMPLE] if SAMPLE else None), {}
+
+@case
+def real_missing_images(d):
+    return (['validate', '--task', 'vqa', SAMPLE/'test_example/VQA/test_VQA.json', '--image-root', SAMPLE] if SAMPLE else None), {}
+
+def test_cli_real_images_checked(cli):
+    "With --image-root the example images must exist and match width/height; the test images are not in the sample"
+    rc, out, _ = get(cli, 'real_images')
+    assert rc == 0 and out.strip().endswith('7 records: clean'), out
+    rc, out, _ = get(cli, 'real_missing_images')
+    assert rc == 1 and 'test_VQA.json[0].image: image file not found' in out and '9 problems in 9 records' in out, out
+
+# ---------------------------------------------------------------- unreadable files: message, exit 1, no traceback
+UNREADABLE = {'empty.json': b'', 'blank.json': b'  \n', 'gbk.json': '[{"text": "左边的狗"}]'.encode('gbk'),
+              'trunc.json': b'[{"image": "a.png", "caption": ["x"', 'notjson.json': b'image,caption\na.png,x\n',
+              'binary.json': bytes(range(256))}
+
+@case
+def unreadable(d):
+    for n, b in UNREADABLE.items(): (d/n).write_bytes(b)
+    return ['validate', '--task', 'itr', *[d/n for n in UNREADABLE], d/'missing.json', d], {n: d/n for n in UNREADABLE} | {'dir': d}
+
+def test_cli_unreadable_files(cli):
+    rc, out, f = cli['unreadable']
+    assert rc == 1 and 'Traceback' not in out, out
+    assert_lines(out, f['empty.json'], 'file is empty'); assert_lines(out, f['blank.json'], 'file is empty')
+    assert_lines(out, f['gbk.json'], 'not UTF-8'); assert_lines(out, f['binary.json'], 'not UTF-8')
+    assert_lines(out, f['trunc.json'], 'truncated JSON'); assert_lines(out, f['notjson.json'], 'malformed JSON')
+    assert_lines(out, f['dir']/'missing.json', 'file not found'); assert 'is a folder' in out
+    assert out.count('not checked, the file cannot be read') == len(UNREADABLE) + 2
+
+@case
+def usage(d): return ['validate', 'x.json'], {}
+
+def test_cli_usage_errors(cli):
+    rc, out, _ = cli['usage']
+    assert rc == 2 and 'required: --task' in out and 'Traceback' not in out
+
+# ---------------------------------------------------------------- bad records, one process per task
+@case
+def bad_itr(d):
+    ok = dict(image='images/a.png', caption=['一只猫'] * 5, image_id=1)
+    f = {n: wj(d/f'{n}.json', o) for n, o in dict(
+        notlist={'image': 'a.png'}, notobj=[ok, 'x', 3],
+        missing=[ok, {'image': 'images/b.png', 'image_id': 2}],
+        types=[ok, dict(image=5, caption=['x'], image_id=2.5), dict(image='b.png', caption=[1, ''], image_id=True)],
+        dup=[ok, {**ok, 'image': 'images/b.png'}],
+        paths=[{**ok, 'image': '/etc/passwd'}, {**ok, 'image_id': 2, 'image': 'images/../../x.png'},
+               {**ok, 'image_id': 3, 'image': 'C:\\pics\\a.png'}],
+        emptycaps=[{**ok, 'caption': []}],
+        images=['images/a.png', 'images/a.png', '../b.png'], captions=['一只猫', '', '一只猫', 7],
+        gold=[dict(image='images/a.png', caption=['x']), dict(image='images/a.png', caption=['y'])]).items()}
+    return ['validate', '--task', 'itr', *f.values()], f
+
+def test_cli_bad_itr(cli):
+    rc, out, f = cli['bad_itr']
+    assert rc == 1 and 'Traceback' not in out, out
+    assert_lines(out, f['notlist'], 'expected a JSON list of records, got an object')
+    assert_lines(out, f['notobj'], 'notobj.json[1]: record is a string, not an object', 'notobj.json[2]: record is an integer')
+    assert_lines(out, f['missing'], 'missing.json[1].caption: missing key')
+    assert_lines(out, f['types'], 'types.json[1].image: wrong type: expected a string, got an integer',
+                 'types.json[1].image_id: wrong type', 'types.json[2].caption[0]: wrong type', 'types.json[2].caption[1]: empty text',
+                 'types.json[2].image_id: wrong type: expected an integer or a string, got a boolean')
+    assert_lines(out, f['dup'], 'dup.json[1].image_id: duplicate image_id 1 (first at record 0)')
+    assert_lines(out, f['paths'], 'paths.json[0].image: absolute image path', "paths.json[1].image: image path 'images/../../x.png' escapes",
+                 'paths.json[2].image: absolute image path')
+    assert_lines(out, f['emptycaps'], 'emptycaps.json[0].caption: no captions')
+    assert_lines(out, f['images'], 'images.json[1]: duplicate image', 'images.json[2]: image path')
+    assert_lines(out, f['captions'], 'captions.json[1]: empty text', 'captions.json[2]: duplicate caption', 'captions.json[3]: wrong type')
+    assert_lines(out, f['gold'], 'gold.json[1].image: duplicate image')
+    assert 'images.json: itr test images list file, 3 records: 2 problems in 2 records' in out
+
+@case
+def bad_vqa(d):
+    ok = dict(image='images/a.png', question_id=1, question='几只猫？', answer='2')
+    f = {n: wj(d/f'{n}.json', o) for n, o in dict(
+        recs=[ok, {**ok, 'answer': ''}, {**ok, 'question_id': 2, 'question': ' '}, {**ok, 'question_id': '3'},
+              {k: v for k, v in ok.items() if k != 'answer'} | {'question_id': 4}],
+        answers={'是': 1, '否': 1, '': 2, '有': 'x'}).items()}
+    return ['validate', '--task', 'vqa', *f.values()], f
+
+def test_cli_bad_vqa(cli):
+    rc, out, f = cli['bad_vqa']
+    assert rc == 1, out
+    assert_lines(out, f['recs'], 'recs.json[1].question_id: duplicate question_id 1', 'recs.json[1].answer: empty text',
+                 'recs.json[2].question: empty text', "recs.json[3].question_id: wrong type: expected an integer, got a string",
+                 'recs.json[4].answer: missing key')
+    assert_lines(out, f['answers'], "[1].'否': duplicate answer id 1", "[2].'': empty text", "[3].'有': wrong type: expected an integer")
+
+@case
+def bad_vg(d):
+    ok = dict(ref_id=1, image='images/a.png', text='左边的狗', width=100, height=50, bbox=[10, 10, 20, 20])
+    recs = [ok, {**ok, 'ref_id': 2, 'bbox': [90, 10, 20, 20]}, {**ok, 'ref_id': 3, 'bbox': [10, 10, 0, 20]},
+            {**ok, 'ref_id': 4, 'bbox': [10, 10, 20]}, {**ok, 'ref_id': 5, 'bbox': [10, '1', 20, 20]},
+            {**ok, 'ref_id': 6, 'width': 0}, {**ok, 'ref_id': 1, 'text': ''}, {**ok, 'ref_id': 7, 'bbox': []},
+            {**ok, 'ref_id': 8, 'bbox': [-5, 0, 10, 10]}, {**ok, 'ref_id': 9, 'height': 20.5}]
+    return ['validate', '--task', 'vg', wj(d/'vg.json', recs)], {'vg': d/'vg.json'}
+
+def test_cli_bad_vg(cli):
+    rc, out, f = cli['bad_vg']; f = f['vg']
+    assert rc == 1, out
+    assert_lines(out, f, 'vg.json[1].bbox: box [90, 10, 20, 20] is outside the 100x50 image', 'vg.json[2].bbox: box has w <= 0',
+                 'vg.json[3].bbox: box has 3 numbers', 'vg.json[4].bbox[1]: wrong type: expected a number', 'vg.json[5].width: width must be positive',
+                 'vg.json[6].ref_id: duplicate ref_id 1', 'vg.json[6].text: empty text', 'vg.json[7].bbox: box has 0 numbers',
+                 'vg.json[8].bbox: box [-5, 0, 10, 10] is outside', 'vg.json[9].height: wrong type')
+    assert 'vg train/val (or gold) file, 10 records: 10 problems in 9 records' in out
+
+@case
+def bad_vd(d):
+    tables = dict(id2question={'0': '是什么？', '1': '几只？', '2': ''}, id2answer={'0': '猫。', '1': '一只。', 'one': 'x'})
+    dl = lambda **kw: dict(dict(image_id=1, image='images/a.png', caption='一只猫', dialog=[dict(question=0, answer=0)]), **kw)
+    dialogs = [dl(), dl(image_id=1), dl(image_id=2, dialog=[dict(question=0), dict(question=9, answer=1)]),
+               dl(image_id=3, dialog=[dict(question=0, answer=7), dict(question=1, answer=1, answer_options=[0, 0])]),
+               dl(image_id=4, dialog=[]), dl(image_id=5, caption=''), dl(image_id=6, dialog=[dict(question=1)])]
+    f = dict(vd=wj(d/'vd.json', dict(dialogs=dialogs, **tables)),
+             gold=wj(d/'gold.json', dict(data=[dict(image_id=1, image='a.png', caption='c', dialog_id=0, question=1,
+                                                    answer_options=[1, 2], answer=3)])),
+             notab=wj(d/'notab.json', dict(dialogs=[])))
+    return ['validate', '--task', 'vd', *f.values()], f
+
+def test_cli_bad_vd(cli):
+    rc, out, f = cli['bad_vd']
+    assert rc == 1, out
+    assert_lines(out, f['vd'], "vd.json.id2question['2']: empty text", "vd.json.id2answer['one']: id is not an integer",
+                 'vd.json[1].image_id: duplicate image_id 1', 'vd.json[2].dialog[0].answer: missing key',
+                 'vd.json[2].dialog[1].question: question id 9 not in id2question', 'vd.json[3].dialog[0].answer: answer id 7 not in id2answer',
+                 'vd.json[3].dialog[1].answer_options[1]: answer id 0 repeats', 'vd.json[3].dialog[1].answer: answer 1 is not among answer_options',
+                 'vd.json[4].dialog: no rounds', 'vd.json[5].caption: empty text', 'vd.json[6].dialog[0].answer_options: missing key')
+    assert_lines(out, f['gold'], 'gold.json[0].dialog_id: dialog_id must be >= 1', 'gold.json[0].answer: answer 3 is not among answer_options')
+    assert_lines(out, f['notab'], 'notab.json.id2question: missing key', 'notab.json.id2answer: missing key')
+
+# ---------------------------------------------------------------- readers: raise one error, or skip and report
+def test_readers_raise_or_skip(tmp_path):
+    ok = dict(image='images/a.png', question_id=1, question='几只猫？', answer='2')
+    f = wj(tmp_path/'v.json', [ok, {**ok, 'question_id': 2, 'question': ''}, {**ok, 'question_id': 1}])
+    with pytest.raises(DataError, match=r'v.json\[1\].question: empty text \(and 1 more problem'): read_vqa(f)
+    with pytest.warns(UserWarning, match='skipped 2 bad record'): items = read_vqa(f, skip_bad=True)
+    assert [i.question_id for i in items] == [1] and items.skipped == [1, 2] and len(items.problems) == 2
+    with pytest.raises(DataError, match='expected a JSON list'): read_vqa(wj(tmp_path/'o.json', {}), skip_bad=True)
+
+def test_item_key_dicts_and_records():
+    assert item_key('vqa', VQAItem('images/a.png', 3, 'q', 'a')) == 'images/a.png'
+    assert item_key('itr', {'image_id': 7}) == '7' and item_key('vg', VGItem(12, 'a.png', 't', 4, 4, [])) == '12'
+    assert item_key('vd', VDDialog(5, 'a.png', 'c', [])) == '5'
+
+# ---------------------------------------------------------------- transforms and datasets on tiny images
+def test_swap_left_right_is_an_involution():
+    for t in ['最左边的狗', '左上方和右下方', '十岁左右', 'left hand, RIGHT side', '右手边的左边', '没有方向']:
+        assert swap_left_right(swap_left_right(t)) == t
+    assert swap_left_right('左右两边') == '左右两边' and swap_left_right('右手边') == '左手边'
+
+def test_box_crop_keeps_box_property():
+    for i in range(300):
+        g = item_generator(7, 0, i); W, H = 50 + i % 37, 40 + i % 23
+        x, y = (i * 7) % (W - 5), (i * 11) % (H - 5)
+        box = [x + 0.3, y + 0.6, max(1.0, (W - x) * 0.6), max(1.0, (H - y) * 0.5)]
+        geom = Geom(sample_box_crop(g, box, W, H), bool(i % 2))
+        cx, cy, w, h = box_to_cxcywh(box, W, H, geom)
+        assert -1e-9 <= cx - w/2 and cx + w/2 <= 1 + 1e-9 and -1e-9 <= cy - h/2 and cy + h/2 <= 1 + 1e-9
+        l, t, r, b = geom.crop
+        assert abs(w * (r - l) * W - box[2]) < 1e-6 and abs(h * (b - t) * H - box[3]) < 1e-6
+
+def make_vg(tmp_path, n=6):
+    (tmp_path/'images').mkdir()
+    recs = []
+    for i in range(n):
+        img = Image.new('RGB', (40 + i, 30), (20 * i, 100, 200)); img.paste((255, 0, 0), (5, 5, 15, 20))
+        img.save(tmp_path/'images'/f'{i}.png')
+        recs.append(dict(ref_id=i, image=f'images/{i}.png', text='左边的红色方块', width=40 + i, height=30, bbox=[5, 5, 10, 15]))
+    return read_vg(wj(tmp_path/'vg.json', recs), image_root=tmp_path)
+
+def test_vg_dataset_flip_and_agi(tmp_path):
+    items = make_vg(tmp_path)
+    agi = {item_key('vg', it): tmp_path/it.image for it in items}
+    ds = VGDataset(items, tmp_path, image_res=16, train=True, agi=agi, hflip=1.0)
+    for k in range(len(ds)):
+        s = ds[k]
+        assert s['text'] == '右边的红色方块' and s['has_box'] and torch.equal(s['agi'], s['image'])
+        assert s['box'][0] > 0.5 - 1e-6 or s['box'][0] + s['box'][2] / 2 > 0.5  # the left square is now on the right half
+    ev = VGDataset(items, tmp_path, image_res=16)[0]
+    assert ev['text'] == '左边的红色方块' and torch.allclose(ev['box'], torch.tensor([10/40, 12.5/30, 10/40, 15/30]))
+
+def test_workers_do_not_change_samples(tmp_path):
+    items = make_vg(tmp_path, n=8)
+    ds = VGDataset(items, tmp_path, image_res=16, train=True, seed=5)
+    ds.set_epoch(3)
+    load = lambda nw: list(torch.utils.data.DataLoader(ds, batch_size=3, num_workers=nw, collate_fn=Collate()))
+    for a, b in zip(load(0), load(2)):
+        assert torch.equal(a['image'], b['image']) and torch.equal(a['box'], b['box']) and a['text'] == b['text']
+    first = [ds[i]['box'] for i in range(len(ds))]; ds.set_epoch(4)
+    assert any(not torch.equal(b, ds[i]['box']) for i, b in enumerate(first))  # a new epoch, new crops
+
+def test_missing_and_corrupt_images_name_the_record(tmp_path):
+    items = make_vg(tmp_path, n=3)
+    (tmp_path/'images'/'1.png').write_bytes(b'not a png'); (tmp_path/'images'/'2.png').unlink()
+    ds = VGDataset(items, tmp_path, image_res=16)
+    with pytest.raises(DataError, match=r'vg.json\[1\].image: cannot read image'): ds[1]
+    with pytest.raises(DataError, match=r'vg.json\[2\].image: image file not found'): ds[2]
+
+def test_collate_with_hf_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    chars = sorted(set('左边的红色方块一只猫问答：。？'))
+    vocab = {'[PAD]': 0, '[UNK]': 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token='[UNK]')); tk.pre_tokenizer = pre_tokenizers.Split('', 'isolated')
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token='[PAD]', unk_token='[UNK]')
+    samples = [dict(image=torch.zeros(3, 4, 4), text='左边的红色方块', has_box=True, ref_id=1, options=['一只。', '猫。']),
+               dict(image=torch.ones(3, 4, 4), text='一只猫', has_box=False, ref_id=2, options=['猫', '问答：？'])]
+    b = Collate(tok, dict(text=5))(samples)
+    assert b['image'].shape == (2, 3, 4, 4) and b['text_ids'].shape == (2, 5) and b['text_mask'][1].tolist() == [1, 1, 1, 0, 0]
+    assert b['options_ids'].shape[:2] == (2, 2) and b['has_box'].tolist() == [True, False] and b['text'][1] == '一只猫'
+    raw = Collate()(samples)
+    assert 'text_ids' not in raw and raw['options'] == [s['options'] for s in samples]
