@@ -47,7 +47,7 @@ def read_json(path:str|Path): # a JSON file (UTF-8, optionally with a BOM)
         what = 'truncated JSON' if e.pos >= len(text.rstrip()) else 'malformed JSON'
         raise DataError(f'{what}: {e.msg} at line {e.lineno} column {e.colno}', path) from None
 
-# %% ../nbs/00_core.ipynb #f112f908
+# %% ../nbs/00_core.ipynb #a27a3a07
 @contextmanager
 def atomic_path(path:str|Path): # the final destination
     "Yield a temporary path next to `path`; on success it is renamed onto `path`, on error it is removed"
@@ -56,6 +56,8 @@ def atomic_path(path:str|Path): # the final destination
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.remove(tmp)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 from .core import CvlueError, atomic_path, dist_info
 
-# %% ../nbs/10_engine.ipynb #f5e69fd0
+# %% ../nbs/10_engine.ipynb #885e8cc6
 def setup_distributed(backend:str|None=None # 'nccl' or 'gloo'; None picks nccl when CUDA is available
                      ) -> tuple[int,int,torch.device]: # (rank, world_size, device)
     "Initialise the process group under torchrun (no-op otherwise) and pick this process's device"
@@ -28,8 +28,10 @@ def setup_distributed(backend:str|None=None # 'nccl' or 'gloo'; None picks nccl 
     return rank, world, device
 
 def cleanup_distributed():
-    "Destroy the process group if one was initialised"
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    "Wait for every rank, then destroy the process group if one was initialised"
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # with gloo, tearing down while another rank still works can abort the process
+        dist.destroy_process_group()
 
 # %% ../nbs/10_engine.ipynb #65f3233c
 NO_DECAY = ('bias', 'LayerNorm.', 'norm.', 'norm1.', 'norm2.')
