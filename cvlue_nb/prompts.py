@@ -215,7 +215,7 @@ def rule_choice(q:str, a:str # question without end punctuation, answer
     pre = left[:start]
     return splice(pre + tail, len(pre), len(pre), body)
 
-# %% ../nbs/04_prompts.ipynb #399c258d
+# %% ../nbs/04_prompts.ipynb #31b573c8
 _MW = '个只头条匹张辆位名件本棵朵把双对块片座栋层根支枝盏盘碗杯瓶艘架颗粒群种口道扇面幅台部顶间家所桶包袋箱盒串束排行岁次点尾副套堆份轮圈'
 _COUNT_Q = re.compile(rf'(第)?(几|多少)(?![乎何])([{_MW}])?')
 _COUNT_A = re.compile(rf'^(?:大约|大概|约|一共|总共|共)?有?(第)?(\d+|[零一二两三四五六七八九十百千万]+)\s*([{_MW}])?(.*)$')
@@ -228,6 +228,7 @@ def rule_count(q:str, a:str # question without end punctuation, answer
     if not m: return None
     ordinal, qmw, pre, post = m.group(1), m.group(3) or '', q[:m.start()], q[m.end():]
     if a in ('0', '零', '没有', '无', '一个也没有'):
+        if pre.endswith('有') and not post: return '没有' + pre[:-1]   # 小三角形有几个/0 → 没有小三角形
         return (pre[:-1] + '没有' if pre.endswith('有') else pre + '零' + qmw) + post
     if a in _MANY: return pre + a + (qmw if qmw != '个' else '') + post
     am = _COUNT_A.match(a)
