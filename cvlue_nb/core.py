@@ -31,7 +31,7 @@ class DataError(CvlueError, ValueError):
         if self.field: loc += ('.' if loc else '') + self.field
         return loc + ': ' if loc else ''
 
-# %% ../nbs/00_core.ipynb #226ed03d
+# %% ../nbs/00_core.ipynb #af4cdf21
 def read_json(path:str|Path): # a JSON file (UTF-8, optionally with a BOM)
     "Load a JSON file, raising `DataError` naming the file for missing, empty, non-UTF-8 or malformed content"
     path = Path(path)
@@ -44,7 +44,9 @@ def read_json(path:str|Path): # a JSON file (UTF-8, optionally with a BOM)
         raise DataError(f'not UTF-8 (bad byte at offset {e.start}); re-save the file as UTF-8', path) from None
     try: return json.loads(text)
     except json.JSONDecodeError as e:
-        what = 'truncated JSON' if e.pos >= len(text.rstrip()) else 'malformed JSON'
+        # an error at the very end, or a string that never closes, means the file was cut short
+        cut = e.pos >= len(text.rstrip()) or e.msg.startswith('Unterminated string')
+        what = 'truncated JSON' if cut else 'malformed JSON'
         raise DataError(f'{what}: {e.msg} at line {e.lineno} column {e.colno}', path) from None
 
 # %% ../nbs/00_core.ipynb #a27a3a07
