@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .core import CvlueError, atomic_path, atomic_write_json, read_json
 
-# %% ../nbs/07_model.ipynb #9d6b56a6
+# %% ../nbs/07_model.ipynb #ae6f06e6
 TASKS = ('itr', 'vqa', 'vd', 'vg')
 
 @dataclass
@@ -58,10 +58,13 @@ class X2VLMConfig:
     tie_decoder_embeddings:bool=True # decoder embeddings and LM-head weight are the XLM-R tensors (baseline)
     separate_agi_proj:bool=False  # own projection g_y for answer-guided images (else g_y = g_x)
     with_proj:bool|None=None      # ITC heads (vision_proj, text_proj, temp); None: only for itr
+    text_pool:str='cls'           # text state 0: 'cls' (the `<s>` state, the baseline) or 'mean' (masked mean of all states)
+    word_embed_std:float|None=None # re-initialise the word embeddings ~ N(0, std) (None: XLM-R's 0.02)
 
     def __post_init__(self):
         if self.task not in TASKS: raise CvlueError(f'task must be one of {TASKS}, got {self.task!r}')
         if self.image_res % self.patch_size: raise CvlueError(f'image_res {self.image_res} is not a multiple of patch_size {self.patch_size}')
+        if self.text_pool not in ('cls', 'mean'): raise CvlueError(f"text_pool must be 'cls' or 'mean', got {self.text_pool!r}")
 
     @property
     def has_proj(self) -> bool: return self.task == 'itr' if self.with_proj is None else self.with_proj
@@ -75,14 +78,14 @@ def base(cls:X2VLMConfig, task:str='itr', # itr, vqa, vd or vg
     "CCLM-X²VLM-base for `task` (BEiT-v2 base/16, XLM-R base, 6 fusion layers), at the baseline resolution"
     return cls(task=task, **{'image_res': 768 if task == 'vqa' else 384, **kw})
 
-# %% ../nbs/07_model.ipynb #f2904bc5
+# %% ../nbs/07_model.ipynb #3c000e72
 @patch(cls_method=True)
 def tiny(cls:X2VLMConfig, task:str='itr', # itr, vqa, vd or vg
          **kw) -> X2VLMConfig:               # field overrides (e.g. vocab_size=len(tokenizer))
     "A CPU-sized model with the same structure: 64 px, patch 8, widths 96/64, 3+2+2 layers, 512 text positions"
     d = dict(image_res=64, patch_size=8, vision_width=96, vision_depth=3, vision_heads=3, vision_drop_path=0.0,
              vocab_size=1024, text_width=64, text_depth=2, text_heads=2, text_intermediate=128,
-             cross_depth=2, cross_heads=2, cross_intermediate=128, embed_dim=32)
+             cross_depth=2, cross_heads=2, cross_intermediate=128, embed_dim=32, text_pool='mean', word_embed_std=1.0)
     return cls(task=task, **{**d, **kw})
 
 # %% ../nbs/07_model.ipynb #9df10490
@@ -320,13 +323,16 @@ def bert_init_(m:nn.Module): # a module to initialise in place
         if getattr(m, 'bias', None) is not None: nn.init.zeros_(m.bias)
     elif isinstance(m, nn.LayerNorm): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
-# %% ../nbs/07_model.ipynb #14e7b169
+# %% ../nbs/07_model.ipynb #e0266343
 @patch
 def init_weights_(self:X2VLM):
     "Initialise our own blocks, tie the decoder to XLM-R (if configured), copy g_x into a separate g_y"
     cfg = self.config
     for name in ('cross_encoder', 'vision_proj', 'text_proj', 'agi_proj', 'itm_head', 'bbox_head', 'text_decoder'):
         if hasattr(self, name): getattr(self, name).apply(bert_init_)
+    if cfg.word_embed_std is not None:
+        w = self.text_encoder.embeddings.word_embeddings.weight
+        with torch.no_grad(): w.normal_(0, cfg.word_embed_std); w[cfg.pad_token_id] = 0
     if cfg.has_decoder:
         nn.init.zeros_(self.text_decoder.cls.predictions.bias)
         if cfg.tie_decoder_embeddings: self.tie_decoder_()
@@ -357,7 +363,7 @@ def encode_image_pair(self:X2VLM, x:torch.Tensor, # [B,3,H,W] authentic images
     e = self.encode_image(torch.cat([x, y]))
     return e[:len(x)], e[len(x):]
 
-# %% ../nbs/07_model.ipynb #2a9c2574
+# %% ../nbs/07_model.ipynb #fa98f41f
 @patch
 def encode_text(self:X2VLM, input_ids:torch.Tensor, # [B,L] token ids (`<s>` first)
                 attention_mask:torch.Tensor         # [B,L] 1 = token, 0 = padding
@@ -365,7 +371,10 @@ def encode_text(self:X2VLM, input_ids:torch.Tensor, # [B,L] token ids (`<s>` fir
     "XLM-R text encoding (text only, no image)"
     n_max = self.config.text_max_positions - self.config.pad_token_id - 1
     if input_ids.shape[1] > n_max: raise CvlueError(f'text of {input_ids.shape[1]} tokens is longer than the position table allows ({n_max}); truncate it')
-    return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    h = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    if self.config.text_pool == 'cls': return h
+    m = attention_mask[..., None].to(h.dtype)  # 'mean': state 0 (what ITC and the heads read) becomes the masked mean
+    return torch.cat([((h * m).sum(1) / m.sum(1).clamp(min=1))[:, None], h[:, 1:]], 1)
 
 # %% ../nbs/07_model.ipynb #85c6c684
 @patch
@@ -391,7 +400,7 @@ def clamp_temp_(self:X2VLM):
     "Clamp the learnable ITC temperature to [temp_min, temp_max] in place (the baseline does this every step)"
     with torch.no_grad(): self.temp.clamp_(self.config.temp_min, self.config.temp_max)
 
-# %% ../nbs/07_model.ipynb #048a168d
+# %% ../nbs/07_model.ipynb #5885b39f
 @patch
 def fuse(self:X2VLM, text_embeds:torch.Tensor, # [B,L,Dt] from `encode_text`
          text_mask:torch.Tensor,               # [B,L] text attention mask
@@ -401,21 +410,21 @@ def fuse(self:X2VLM, text_embeds:torch.Tensor, # [B,L,Dt] from `encode_text`
     "Bidirectional text self-attention + cross-attention to the image tokens in every layer"
     return self.cross_encoder(text_embeds, text_mask, image_embeds, image_mask)
 
-# %% ../nbs/07_model.ipynb #7f194b6f
+# %% ../nbs/07_model.ipynb #98498d93
 @patch
 def itm_logits(self:X2VLM, fused:torch.Tensor # [B,L,D] from `fuse`
               ) -> torch.Tensor:              # [B,2]: (no match, match)
     "Image-text matching logits on fused token 0"
     return self.itm_head(fused[:, 0])
 
-# %% ../nbs/07_model.ipynb #86cc44f7
+# %% ../nbs/07_model.ipynb #6e6c89cb
 @patch
 def predict_box(self:X2VLM, fused:torch.Tensor # [B,L,D] from `fuse`
                ) -> torch.Tensor:              # [B,4] normalised (cx, cy, w, h) in [0,1]
     "Grounding box from fused token 0 through a sigmoid"
     return self.bbox_head(fused[:, 0]).sigmoid()
 
-# %% ../nbs/07_model.ipynb #96daa07b
+# %% ../nbs/07_model.ipynb #bb7153f9
 @patch
 def answer_logits(self:X2VLM, question_states:torch.Tensor, # [B,Lq,D] fused (image, question) states
                   question_mask:torch.Tensor,               # [B,Lq] question attention mask
@@ -425,7 +434,7 @@ def answer_logits(self:X2VLM, question_states:torch.Tensor, # [B,Lq,D] fused (im
     "Teacher-forced causal decoder logits (unshifted: position j predicts token j+1)"
     return self.text_decoder(answer_ids, answer_mask, question_states, question_mask)
 
-# %% ../nbs/07_model.ipynb #23061421
+# %% ../nbs/07_model.ipynb #42faacf5
 @patch
 def forward(self:X2VLM, pixels:torch.Tensor,      # [B,3,H,W] images
             input_ids:torch.Tensor,               # [B,L] text (caption, question, dialog context or expression)
@@ -444,7 +453,7 @@ def forward(self:X2VLM, pixels:torch.Tensor,      # [B,3,H,W] images
         out['answer_logits'] = self.answer_logits(fused, attention_mask, answer_ids, answer_mask)
     return out
 
-# %% ../nbs/07_model.ipynb #5c8b724f
+# %% ../nbs/07_model.ipynb #a9b805e8
 @patch
 def set_grad_checkpointing(self:X2VLM, enable:bool=True): # recompute activations in backward
     "Switch activation checkpointing on or off in the vision, text, fusion and decoder layers"
@@ -457,7 +466,7 @@ def set_grad_checkpointing(self:X2VLM, enable:bool=True): # recompute activation
         if isinstance(m, LayerStack): m.grad_checkpointing = enable
     return self
 
-# %% ../nbs/07_model.ipynb #a9486039
+# %% ../nbs/07_model.ipynb #8743147a
 CHAR_SPECIALS = ['<s>', '<pad>', '</s>', '<unk>', '<mask>']
 
 def _char_tokenizer_object(vocab:dict):
@@ -470,7 +479,7 @@ def _char_tokenizer_object(vocab:dict):
                                                        special_tokens=[('<s>', 0), ('</s>', 2)])
     return tok
 
-# %% ../nbs/07_model.ipynb #d39a5b0f
+# %% ../nbs/07_model.ipynb #37cf8954
 def build_char_tokenizer(texts:list[str]|None=None, # texts to collect characters from (most frequent first)
                          vocab:list[str]|dict|None=None, # or: a ready vocabulary (tokens in id order, or token→id)
                          max_size:int|None=None,    # keep at most this many entries (specials included)
@@ -493,7 +502,7 @@ def build_char_tokenizer(texts:list[str]|None=None, # texts to collect character
                                    mask_token='<mask>', model_max_length=512,
                                    model_input_names=['input_ids', 'attention_mask'])
 
-# %% ../nbs/07_model.ipynb #54bbae68
+# %% ../nbs/07_model.ipynb #338d3f2e
 def load_tokenizer(path:str|Path # a local folder with an HF tokenizer (tokenizer.json or sentencepiece files)
                   ):             # a `transformers` tokenizer
     "Load any HF tokenizer from a local folder, never from the hub"
@@ -502,7 +511,7 @@ def load_tokenizer(path:str|Path # a local folder with an HF tokenizer (tokenize
     if not path.is_dir(): raise CvlueError(f'{path}: tokenizer folder not found')
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
-# %% ../nbs/07_model.ipynb #e55dfe27
+# %% ../nbs/07_model.ipynb #b6fcb7a0
 @patch
 def save_pretrained(self:X2VLM, path:str|Path, # output folder (created)
                     tokenizer=None              # a tokenizer to save alongside (default: `self.tokenizer`)
@@ -516,7 +525,7 @@ def save_pretrained(self:X2VLM, path:str|Path, # output folder (created)
     if tokenizer is not None: tokenizer.save_pretrained(str(path/'tokenizer'))
     return path
 
-# %% ../nbs/07_model.ipynb #c73b8835
+# %% ../nbs/07_model.ipynb #9c7be15e
 @patch(cls_method=True)
 def from_pretrained(cls:X2VLM, path:str|Path, # a folder written by `save_pretrained`
                     device:str='cpu'            # where to load the weights
@@ -533,7 +542,7 @@ def from_pretrained(cls:X2VLM, path:str|Path, # a folder written by `save_pretra
     if (path/'tokenizer').is_dir(): model.tokenizer = load_tokenizer(path/'tokenizer')
     return model.to(device)
 
-# %% ../nbs/07_model.ipynb #4a5354c5
+# %% ../nbs/07_model.ipynb #4f9c849e
 def param_counts(model:X2VLM # a model (may live on the meta device)
                 ) -> dict:   # block → number of unique parameters, plus 'total'
     "Unique parameters per block: vision, text, cross, heads, decoder"
@@ -544,13 +553,13 @@ def param_counts(model:X2VLM # a model (may live on the meta device)
     out['total'] = sum(out.values())
     return out
 
-# %% ../nbs/07_model.ipynb #4b317828
+# %% ../nbs/07_model.ipynb #1664707f
 def build_meta(cfg:X2VLMConfig # the model config
               ) -> X2VLM:
     "Build a model on the meta device (shapes only, no memory)"
     with torch.device('meta'): return X2VLM(cfg)
 
-# %% ../nbs/07_model.ipynb #a85d4cec
+# %% ../nbs/07_model.ipynb #5065fb82
 def state_dict_layout(model:nn.Module # the model to describe (may live on the meta device)
                      ) -> list[dict]: # [{name, shape, dtype, kind}], kind in param, buffer, tied-alias
     "Every state-dict entry of a model in the format of the reference key lists (`x2vlm_base_*_keys.json`)"
