@@ -9,7 +9,8 @@ __all__ = ['CVLUE_PRESETS', 'SYNTH_PRESETS', 'LAYOUT', 'LOSSES', 'TrainConfig', 
            'text_fields', 'loss_batch', 'agi_index', 'build_model', 'load_init', 'run_name', 'run_dir', 'environment',
            'checkpoints', 'save_checkpoint', 'gather_rng_states', 'resume_point', 'config_diff', 'Objective',
            'micro_generator', 'Progress', 'total_steps', 'Trainer', 'infer_settings', 'train_answer_list', 'eval_files',
-           'evaluate_test', 'fit', 'parse_args', 'config_from_args', 'format_metrics', 'main']
+           'evaluate_test', 'fit', 'parse_args', 'config_from_args', 'format_metrics', 'main', 'read_scalars',
+           'plot_curves', 'itr_examples', 'draw_pred_gold']
 
 # %% ../nbs/12_train.ipynb #4a2598a7
 import argparse, contextlib, dataclasses, hashlib, json, os, platform, shutil, signal, sys, time, typing, warnings
@@ -712,5 +713,65 @@ def main(argv:list[str]|None=None): # command-line arguments (default: sys.argv[
     if int(os.environ.get('RANK', 0)) == 0:
         print(format_metrics(rec)); print(json.dumps(rec['metrics'], ensure_ascii=False))
 
-# %% ../nbs/12_train.ipynb #ae04733a
+# %% ../nbs/12_train.ipynb #131ccbd4
+def read_scalars(run:str|Path # a run folder (with `tb/`)
+                ) -> dict:    # tag → (steps, values), every scalar the run logged
+    "The scalars of a run's TensorBoard logs (resumed runs: all event files, later values win per step)"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = Path(run)/'tb'
+    if not tb.is_dir(): raise CvlueError(f'{run}: no TensorBoard folder (tb/) in this run folder')
+    out = {}
+    for f in sorted(tb.glob('events.out.tfevents.*'), key=lambda p: p.stat().st_mtime):
+        ea = EventAccumulator(str(f), size_guidance={'scalars': 0}); ea.Reload()
+        for t in ea.Tags()['scalars']: out.setdefault(t, {}).update({e.step: e.value for e in ea.Scalars(t)})
+    return {t: (sorted(d), [d[s] for s in sorted(d)]) for t, d in out.items()}
+
+# %% ../nbs/12_train.ipynb #211af463
+def plot_curves(runs:dict,          # label → run folder
+                tags:list|None=None, # scalar tags (default: every `train/…` loss)
+                ncols:int=3):        # panels per row
+    "Training curves of several runs side by side, one panel per loss"
+    import matplotlib.pyplot as plt
+    data = {k: read_scalars(v) for k, v in runs.items()}
+    tags = tags or sorted({t for d in data.values() for t in d if t.startswith('train/')}, key=lambda t: (t != 'train/loss', t))
+    nrows = -(-len(tags) // ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.4 * nrows), squeeze=False)
+    for ax, tag in zip(axs.flat, tags):
+        for i, (label, d) in enumerate(data.items()):  # one colour per run in every panel
+            if tag in d: ax.plot(*d[tag], label=label, lw=1, color=f'C{i}')
+        ax.set_title(tag, fontsize=9); ax.set_xlabel('step', fontsize=8); ax.tick_params(labelsize=7)
+    for ax in list(axs.flat)[len(tags):]: ax.axis('off')
+    axs.flat[0].legend(fontsize=7); fig.tight_layout()
+    return fig
+
+# %% ../nbs/12_train.ipynb #7e6f39b6
+def itr_examples(gold_file:str|Path,  # ITR gold: [{image, caption: [...]}]
+                 i2t_file:str|Path,   # i2t_submit.json: image → ranked captions
+                 n:int=4,             # how many test images
+                 k:int=5,             # captions shown per image
+                 seed:int=0           # which images (a seeded sample)
+                ) -> list[dict]:      # image, rank (0-based, None if no gold caption in the list), top: [(caption, is_gold)]
+    "Some test images with the model's top-k captions, which of them are gold, and the rank of the first gold one"
+    import random
+    from cvlue_nb.metrics import itr_gold_index, first_hit
+    i2t_gold, _ = itr_gold_index(read_json(gold_file), str(gold_file))
+    sub = read_json(i2t_file)
+    unknown = sorted(set(sub) - set(i2t_gold))
+    if unknown: raise DataError(f'{len(unknown)} images are not in the gold file, e.g. {unknown[0]!r}', str(i2t_file))
+    pick = random.Random(seed).sample(sorted(sub), min(n, len(sub)))
+    return [dict(image=im, rank=first_hit(sub[im], i2t_gold[im]),
+                 top=[(c, c in i2t_gold[im]) for c in sub[im][:k]]) for im in pick]
+
+# %% ../nbs/12_train.ipynb #254e4a80
+def draw_pred_gold(image,              # a PIL image (or a path)
+                   gold:list[float],   # gold box [x, y, w, h], pixels
+                   pred:list[float]):  # predicted box [x, y, w, h], pixels
+    "The image with the gold box in green and the predicted box in red"
+    from PIL import Image as PILImage
+    from cvlue_nb.text2img import draw_grounding_agi
+    im = PILImage.open(image) if isinstance(image, (str, Path)) else image
+    im = draw_grounding_agi(im, gold, colour=(0, 200, 0))
+    return draw_grounding_agi(im, pred, colour=(230, 0, 0)) if len(pred) == 4 and pred[2] > 0 and pred[3] > 0 else im
+
+# %% ../nbs/12_train.ipynb #1cdb8ba0
 if __name__ == '__main__' and Path(globals().get('__file__', '')).name == 'train.py': main()
