@@ -713,7 +713,7 @@ def main(argv:list[str]|None=None): # command-line arguments (default: sys.argv[
     if int(os.environ.get('RANK', 0)) == 0:
         print(format_metrics(rec)); print(json.dumps(rec['metrics'], ensure_ascii=False))
 
-# %% ../nbs/12_train.ipynb #131ccbd4
+# %% ../nbs/12_train.ipynb #9f7b5704
 def read_scalars(run:str|Path # a run folder (with `tb/`)
                 ) -> dict:    # tag → (steps, values), every scalar the run logged
     "The scalars of a run's TensorBoard logs (resumed runs: all event files, later values win per step)"
@@ -726,7 +726,7 @@ def read_scalars(run:str|Path # a run folder (with `tb/`)
         for t in ea.Tags()['scalars']: out.setdefault(t, {}).update({e.step: e.value for e in ea.Scalars(t)})
     return {t: (sorted(d), [d[s] for s in sorted(d)]) for t, d in out.items()}
 
-# %% ../nbs/12_train.ipynb #211af463
+# %% ../nbs/12_train.ipynb #9b786c55
 def plot_curves(runs:dict,          # label → run folder
                 tags:list|None=None, # scalar tags (default: every `train/…` loss)
                 ncols:int=3):        # panels per row
@@ -744,7 +744,7 @@ def plot_curves(runs:dict,          # label → run folder
     axs.flat[0].legend(fontsize=7); fig.tight_layout()
     return fig
 
-# %% ../nbs/12_train.ipynb #7e6f39b6
+# %% ../nbs/12_train.ipynb #af32e7c7
 def itr_examples(gold_file:str|Path,  # ITR gold: [{image, caption: [...]}]
                  i2t_file:str|Path,   # i2t_submit.json: image → ranked captions
                  n:int=4,             # how many test images
@@ -762,7 +762,7 @@ def itr_examples(gold_file:str|Path,  # ITR gold: [{image, caption: [...]}]
     return [dict(image=im, rank=first_hit(sub[im], i2t_gold[im]),
                  top=[(c, c in i2t_gold[im]) for c in sub[im][:k]]) for im in pick]
 
-# %% ../nbs/12_train.ipynb #254e4a80
+# %% ../nbs/12_train.ipynb #b871964b
 def draw_pred_gold(image,              # a PIL image (or a path)
                    gold:list[float],   # gold box [x, y, w, h], pixels
                    pred:list[float]):  # predicted box [x, y, w, h], pixels
@@ -773,5 +773,5 @@ def draw_pred_gold(image,              # a PIL image (or a path)
     im = draw_grounding_agi(im, gold, colour=(0, 200, 0))
     return draw_grounding_agi(im, pred, colour=(230, 0, 0)) if len(pred) == 4 and pred[2] > 0 and pred[3] > 0 else im
 
-# %% ../nbs/12_train.ipynb #1cdb8ba0
+# %% ../nbs/12_train.ipynb #e5597f8f
 if __name__ == '__main__' and Path(globals().get('__file__', '')).name == 'train.py': main()
