@@ -189,7 +189,7 @@ def inprocess_runner(run:Run, ov:dict, out:Path):
     from cvlue_nb.train import fit
     fit(train_config(run, ov, out), progress=False)
 
-# %% ../nbs/13_ablate.ipynb #34645330
+# %% ../nbs/13_ablate.ipynb #abf5c375
 IMAGE_CHECK_TASKS = ('vqa', 'vd', 'vg')
 IMAGE_CHECK_VARIANTS = ('baseline', 'agi')
 _IMAGE_CHECK_LOCK = threading.Lock()
@@ -204,12 +204,12 @@ def json_images(obj) -> list[str]:
 def image_derangement(images:list[str], # image paths (repeats allowed)
                       seed:int=0        # shuffling seed
                      ) -> dict:         # image → a different image of the list
-    "A random cyclic shift over the distinct images: every image is mapped to another one"
-    import random
+    "`cvlue_nb.losses.derangement` (the RANDOM ablation's) over the distinct images: each is mapped to another one"
+    import torch
+    from cvlue_nb.losses import derangement
     order = sorted(set(images))
     if len(order) < 2: raise CvlueError(f'the image check needs at least two different test images, got {len(order)}')
-    random.Random(seed).shuffle(order)
-    return {a: order[(i + 1) % len(order)] for i, a in enumerate(order)}
+    return dict(zip(order, (order[j] for j in derangement(len(order), torch.Generator().manual_seed(seed)).tolist())))
 
 # %% ../nbs/13_ablate.ipynb #4957b78f
 def swapped_image_tree(images:list[str], # image paths relative to `image_root` (as in the records)
