@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CvlueError', 'DataError', 'read_json', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'sha256_file',
-           'seed_everything', 'dist_info', 'is_main_process', 'cache_dir', 'shared_dir', 'cvlue_sample_dir']
+           'seed_everything', 'dist_info', 'is_main_process', 'cache_dir', 'cvlue_sample_dir']
 
 # %% ../nbs/00_core.ipynb #5108b365
 import hashlib, json, os, random, tempfile
@@ -107,16 +107,30 @@ def cache_dir(*parts:str) -> Path:
     p = root.joinpath(*parts); p.mkdir(parents=True, exist_ok=True)
     return p
 
-# %% ../nbs/00_core.ipynb #023e5ee0
-def shared_dir() -> Path|None:
-    "The `shared/` reference folder beside the checkout (or `$CVLUE_SHARED`), None when absent"
-    if os.environ.get('CVLUE_SHARED'): return Path(os.environ['CVLUE_SHARED'])
-    here = Path.cwd().resolve()
+# %% ../nbs/00_core.ipynb #a9fbf1d9
+def _project_settings(start:Path|None=None # folder to search from (default: the current one)
+                     ) -> tuple[Path,dict]|None: # (its folder, its DEFAULT section)
+    "The first settings.ini with `lib_name = cvlue_nb` at or above `start`, if any"
+    from configparser import ConfigParser, Error
+    here = Path(start or Path.cwd()).resolve()
     for d in [here, *here.parents]:
-        if (d/'settings.ini').exists() and (d.parent/'shared'/'cvlue_sample').exists(): return d.parent/'shared'
+        if not (d/'settings.ini').is_file(): continue
+        cfg = ConfigParser(delimiters=['='], interpolation=None)
+        try: cfg.read(d/'settings.ini', encoding='utf-8')
+        except (Error, UnicodeDecodeError): continue
+        if cfg.defaults().get('lib_name') == 'cvlue_nb': return d, dict(cfg.defaults())
     return None
 
+# %% ../nbs/00_core.ipynb #581499d8
 def cvlue_sample_dir() -> Path|None:
-    "The real CVLUE sample files (`shared/cvlue_sample`), None when absent"
-    s = shared_dir()
-    return s/'cvlue_sample' if s is not None and (s/'cvlue_sample').exists() else None
+    "The real CVLUE sample: `$CVLUE_SAMPLE`, else settings.ini's `cvlue_sample` when that folder exists, else None"
+    env = os.environ.get('CVLUE_SAMPLE')
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_dir(): raise CvlueError(f'CVLUE_SAMPLE={env!r} is not a folder (point it at the CVLUE sample files, or unset it)')
+        return p.resolve()
+    found = _project_settings()
+    rel = found[1].get('cvlue_sample', '').strip() if found else ''
+    if not rel: return None
+    p = (found[0]/Path(rel).expanduser()).resolve()
+    return p if p.is_dir() else None

@@ -183,15 +183,16 @@ def box_bernoulli_kl(box_y:torch.Tensor, # [B, 4] sigmoid box predicted from the
     kl = p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
     return kl.sum(1).mean()
 
-# %% ../nbs/09_losses.ipynb #1c500bc4
+# %% ../nbs/09_losses.ipynb #c80409f4
 ABLATIONS = ('none', 'no_kl', 'no_cos', 'cos_l2', 'noise', 'random')
 
 @dataclass
 class AGIConfig:
     "How the answer-guided images enter the training objective"
     enabled:bool=True        # use answer-guided images when the batch has them ('agi_images')
-    lam:float=0.5            # λ: weight of the KL term (L_1, L_2 or L_3)
-    gamma:float=0.5          # γ: weight of the other AGI term (ITR: L_cos; VQA/VD: NLL with Y; VG: box loss with Y)
+    lam:float=0.5            # λ (eq. 10): weight of the ITR cosine term L_cos
+    gamma:float=0.5          # γ (eq. 10): weight of the KL term (ITR L_1, VQA/VD L_2, VG L_3)
+    y_weight:float=0.5       # VQA/VD/VG: weight of the task loss computed with Y (answer NLL, box loss)
     ablation:str='none'      # one of ABLATIONS
     detach_target:bool=True  # KL terms: no gradient through the answer-guided (target) side
     def __post_init__(self):
@@ -277,13 +278,13 @@ def itm_pairs_loss(model,                     # X2VLM for 'itr' (fuse, itm_logit
     ie = torch.cat([x_embeds, x_embeds[neg_img], x_embeds])
     return itm_loss(model.itm_logits(model.fuse(te, tm, ie)))
 
-# %% ../nbs/09_losses.ipynb #3d658561
+# %% ../nbs/09_losses.ipynb #29e36aa3
 def itr_loss(model, # X2VLM for 'itr' (encode_image, encode_text, image_feat, text_feat, fuse, itm_logits, temp)
              batch:dict, # images, [agi_images], input_ids, attention_mask, [image_ids]
              cfg:AGIConfig|None=None, # AGI switches (default AGIConfig())
              generator:torch.Generator|None=None # CPU generator for ITM negatives and the image ablations
             ) -> dict: # loss, itc, itm, and with AGI: kl (L_1), cos (L_cos or L_L2)
-    "Image–text retrieval objective: baseline ITC + ITM, plus λ·L_1 + γ·L_cos with answer-guided images"
+    "Image–text retrieval objective: baseline ITC + ITM, plus λ·L_cos + γ·L_1 with answer-guided images (eq. 10)"
     cfg = cfg or AGIConfig()
     model.clamp_temp_()
     xe, ye = encode_images(model, batch, cfg)
@@ -298,19 +299,19 @@ def itr_loss(model, # X2VLM for 'itr' (encode_image, encode_text, image_feat, te
     if ye is not None:
         yf = model.image_feat(ablate_agi(ye, cfg, generator), agi=True)
         if cfg.ablation != 'no_kl':
-            out['kl'] = kl_y2t_x2t(yf, xf, tf, model.temp, cfg.detach_target); loss = loss + cfg.lam * out['kl']
+            out['kl'] = kl_y2t_x2t(yf, xf, tf, model.temp, cfg.detach_target); loss = loss + cfg.gamma * out['kl']
         if cfg.ablation != 'no_cos':
             out['cos'] = cos_consistency_loss(yf, xf, 'l2' if cfg.ablation == 'cos_l2' else 'cos')
-            loss = loss + cfg.gamma * out['cos']
+            loss = loss + cfg.lam * out['cos']
     return dict(loss=loss, **out)
 
-# %% ../nbs/09_losses.ipynb #e99cf678
+# %% ../nbs/09_losses.ipynb #c3a2ea03
 def vqa_loss(model, # X2VLM for 'vqa'/'vd' (encode_image, encode_text, fuse, answer_logits)
              batch:dict, # images, [agi_images], input_ids, attention_mask, answer_ids, answer_mask
              cfg:AGIConfig|None=None, # AGI switches (default AGIConfig())
              generator:torch.Generator|None=None # CPU generator for the image ablations
             ) -> dict: # loss, nll_x, and with AGI: nll_y, kl (L_2)
-    "Answer-generation objective: baseline NLL with X, plus γ·NLL with Y and λ·token KL (eq. 11–14)"
+    "Answer-generation objective: baseline NLL with X, plus y_weight·NLL with Y and γ·token KL (eq. 11–14)"
     cfg = cfg or AGIConfig(); _check_ablation(cfg, 'vqa/vd')
     xe, ye = encode_images(model, batch, cfg)
     qm, a, am = batch['attention_mask'], batch['answer_ids'], batch['answer_mask']
@@ -322,9 +323,9 @@ def vqa_loss(model, # X2VLM for 'vqa'/'vd' (encode_image, encode_text, fuse, ans
     q = model.fuse(two(te), two(qm), torch.cat([xe, ablate_agi(ye, cfg, generator)]))
     lx, ly = model.answer_logits(q, two(qm), two(a), two(am)).chunk(2)
     out = dict(nll_x=answer_nll(lx, a, am), nll_y=answer_nll(ly, a, am))
-    loss = out['nll_x'] + cfg.gamma * out['nll_y']
+    loss = out['nll_x'] + cfg.y_weight * out['nll_y']
     if cfg.ablation != 'no_kl':
-        out['kl'] = token_kl(ly, lx, am, cfg.detach_target); loss = loss + cfg.lam * out['kl']
+        out['kl'] = token_kl(ly, lx, am, cfg.detach_target); loss = loss + cfg.gamma * out['kl']
     return dict(loss=loss, **out)
 
 # %% ../nbs/09_losses.ipynb #8675c6c3
@@ -336,13 +337,13 @@ def vd_loss(model, # X2VLM for 'vd'
     "Visual-dialog objective: the VQA objective on the gold answer of the current round (as the baseline)"
     return vqa_loss(model, batch, cfg, generator)
 
-# %% ../nbs/09_losses.ipynb #491b4f6e
+# %% ../nbs/09_losses.ipynb #27752219
 def vg_loss(model, # X2VLM for 'vg' (encode_image, encode_text, fuse, predict_box)
             batch:dict, # images, [agi_images], input_ids, attention_mask, boxes (normalised cx, cy, w, h)
             cfg:AGIConfig|None=None, # AGI switches (default AGIConfig())
             generator:torch.Generator|None=None # CPU generator for the image ablations
            ) -> dict: # loss, l1, giou, and with AGI: l1_y, giou_y, kl (L_3)
-    "Grounding objective: baseline L1 + (1 − GIoU) with X, plus γ·the same with Y and λ·L_3 (eq. 15–19)"
+    "Grounding objective: baseline L1 + (1 − GIoU) with X, plus y_weight·the same with Y and γ·L_3 (eq. 15–19)"
     cfg = cfg or AGIConfig(); _check_ablation(cfg, 'vg')
     xe, ye = encode_images(model, batch, cfg)
     mask, gold = batch['attention_mask'], batch['boxes']
@@ -354,7 +355,7 @@ def vg_loss(model, # X2VLM for 'vg' (encode_image, encode_text, fuse, predict_bo
     bx, by = model.predict_box(model.fuse(two(te), two(mask), torch.cat([xe, ablate_agi(ye, cfg, generator)]))).chunk(2)
     out = dict(zip(['l1', 'giou'], box_l1_giou_loss(bx, gold)))
     out.update(zip(['l1_y', 'giou_y'], box_l1_giou_loss(by, gold)))
-    loss = out['l1'] + out['giou'] + cfg.gamma * (out['l1_y'] + out['giou_y'])
+    loss = out['l1'] + out['giou'] + cfg.y_weight * (out['l1_y'] + out['giou_y'])
     if cfg.ablation != 'no_kl':
-        out['kl'] = box_bernoulli_kl(by, bx, detach_target=cfg.detach_target); loss = loss + cfg.lam * out['kl']
+        out['kl'] = box_bernoulli_kl(by, bx, detach_target=cfg.detach_target); loss = loss + cfg.gamma * out['kl']
     return dict(loss=loss, **out)

@@ -13,13 +13,13 @@ __all__ = ['COLOURS', 'COLOUR_ALIASES', 'SHAPES', 'SIZES', 'BACKGROUNDS', 'SCENE
            'vg_refs', 'item_seed', 'make_item', 'write_itr', 'write_vqa', 'write_vg', 'VDTables', 'write_vd',
            'write_scenes', 'load_scenes', 'save_png', 'generate', 'caption_fit', 'main', 'ensure_synth']
 
-# %% ../nbs/02_synth.ipynb #84d180e6
+# %% ../nbs/02_synth.ipynb #77ccb2cb
 import argparse, hashlib, json, math, random, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from .core import CvlueError, DataError, atomic_path, atomic_write_json, read_json
+from .core import CvlueError, DataError, atomic_path, atomic_write_json, read_json, cache_dir, is_main_process
 
 # %% ../nbs/02_synth.ipynb #106d8bb1
 COLOURS = {'红色': (220, 40, 40), '绿色': (40, 170, 60), '蓝色': (40, 80, 220), '黄色': (240, 210, 40),
@@ -712,13 +712,12 @@ def main(argv:list|None=None): # command-line arguments (default: sys.argv[1:])
     print(f"wrote {sum(info['n_images'].values())} images and the CVLUE files to {a.out} in {info['seconds']} s")
     print(json.dumps(info, ensure_ascii=False))
 
-# %% ../nbs/02_synth.ipynb #ab3bbefb
+# %% ../nbs/02_synth.ipynb #3103bd0f
 def ensure_synth(root:str|Path|None=None, # dataset folder; default: a folder of the cvlue_nb cache named after the settings
                  seed:int=0, n_train:int=1000, n_val:int=200, n_test:int=200, size:int=96, clutter:float=1.0, # as for `generate`
                  progress:bool=True,  # show a progress bar when generating
                  wait_s:int=900) -> Path: # other ranks under torchrun wait this long for rank 0
     "A finished synthetic dataset with these settings: reused when present, generated (by rank 0) otherwise"
-    from cvlue_nb.core import cache_dir, is_main_process
     root = Path(root) if root else cache_dir('synth') / f'v{SYNTH_VERSION}-seed{seed}-{n_train}-{n_val}-{n_test}-{size}px-c{clutter:g}'
     want = {'version': SYNTH_VERSION, 'seed': seed, 'size': size, 'clutter': clutter, 'n_images': {'train': n_train, 'val': n_val, 'test': n_test}}
     def ready():

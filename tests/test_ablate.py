@@ -10,12 +10,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ['synth_n_train=16', 'synth_n_test=4', 'synth_size=32', 'image_res=32', 'batch_size=8', 'num_workers=0', 'k_test=4']
 
 
-def has_train() -> bool:
-    try: from cvlue_nb.train import fit, resolve_config, config_diff  # noqa: F401
-    except ImportError: return False
-    return True
-
-needs_train = pytest.mark.skipif(not has_train(), reason='cvlue_nb.train is not importable yet (nbs/12_train.ipynb not exported)')
 
 
 @pytest.fixture(scope='module')
@@ -53,7 +47,6 @@ def test_tables_cover_the_papers_arms():
     assert len(runs) == 21 and [r.seed for r in runs[:7]] == [0] * 7   # seed by seed
 
 
-@needs_train
 def test_every_planned_run_resolves_to_a_valid_train_config(tmp_path):
     for r in ab.plan_runs(ab.TASKS, (0,)):
         cfg = ab.train_config(r, ab.run_overrides(r, 7), ab.run_folder(tmp_path, r))
@@ -114,7 +107,6 @@ def test_write_results(tmp_path):
 
 
 # --- resume: finished runs are skipped ------------------------------------------------------------------------------
-@needs_train
 def test_finished_run_is_skipped_and_a_changed_one_refused(tmp_path):
     run = ab.Run('itr', 'agi', 1)
     out = ab.run_folder(tmp_path, run); out.mkdir(parents=True)
@@ -154,14 +146,12 @@ def test_cli_argument_errors(args, msg, capsys, tmp_path):
     assert e.value.code == 1 and msg in capsys.readouterr().err
 
 
-@needs_train
 def test_cli_unknown_training_setting_fails_before_training(env, tmp_path):
     r = cli(['--out', str(tmp_path), 'bacth_size=3'], env)
     assert r.returncode == 1 and "unknown setting 'bacth_size'" in r.stderr and 'Traceback' not in r.stderr
     assert not (tmp_path/'runs').exists()
 
 
-@needs_train
 def test_smoke_real_ablation_then_resume(env, tmp_path):
     """A real Table 3 for ITR: seed 0 (2 training runs of 2 steps, one subprocess each, both at once), then the same command with
     two seeds, which skips the finished seed-0 runs and trains only seed 1 (in-process, to keep the test short)"""

@@ -1,6 +1,10 @@
 "Smoke test of `python -m cvlue_nb.bench --quick`: it runs, writes bench.json + bench.md atomically, values are sane"
 import json, os, subprocess, sys
+from dataclasses import replace
 import pytest, torch
+from cvlue_nb import bench
+from cvlue_nb.core import CvlueError
+from cvlue_nb.tasks import TASKS, get_task, register_task
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 
@@ -34,6 +38,7 @@ def test_meta_records_machine(quick):
 def test_agi_step_values(quick):
     [row] = quick[2]['agi_step']
     assert row['task'] == 'itr' and row['batch'] == 4 and row['repeats'] == 3
+    assert row['step_fn'] == 'Trainer.micro_step + Trainer.optimizer_step' and row['config'] == 'synth' and row['image_res'] == 64
     assert 0 < row['gflops_off'] < row['gflops_on'] and 1.2 < row['flop_ratio'] < 2.0   # ITR: y adds a vision pass + projection
     assert row['step']['off_ms'] > 0 and row['step']['on_ms'] > 0 and row['step']['ratio'] > 0
     assert row['fwd_bwd']['on_ms'] <= row['step']['on_ms']
@@ -57,8 +62,33 @@ def test_data_generation_memory_values(quick):
     assert m['task'] == 'itr' and 0 < m['rss_after_imports_mib'] <= m['peak_rss_mib']
 
 def test_bad_arguments_exit_cleanly(tmp_path, capsys):
-    from cvlue_nb.bench import main
-    with pytest.raises(SystemExit) as e: main(['--quick', '--tasks', 'ocr', '--out', str(tmp_path/'x')])
+    with pytest.raises(SystemExit) as e: bench.main(['--quick', '--tasks', 'ocr', '--out', str(tmp_path/'x')])
     err = capsys.readouterr().err
     assert e.value.code == 1 and 'unknown task' in err and 'Traceback' not in err
     assert not (tmp_path/'x').exists()
+
+def test_trainer_step_is_the_trainers(monkeypatch):
+    "trainer_step runs Trainer.micro_step + Trainer.optimizer_step: clipping (when set), schedule and progress included"
+    clips, real = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', lambda *a, **k: clips.append(k.get('max_norm', a[1])) or real(*a, **k))
+    t = bench.bench_trainer(bench.bench_config('vqa', batch_size=2, clip_grad=1.0), steps=3)
+    lr0 = [g['lr'] for g in t.opt.param_groups]
+    r = bench.trainer_step(t, bench.synthetic_batch('vqa', t.model.config, 2))
+    assert 0 < r['fwd_bwd'] <= r['step'] and clips == [1.0]
+    assert (t.prog.step, t.prog.seen, t.sched.last_epoch) == (1, 1, 1) and [g['lr'] for g in t.opt.param_groups] != lr0
+    assert all(p.grad is None for p in t.model.parameters())
+
+def test_tasks_come_from_the_registry():
+    "A task registered with bench_text and random_targets is benchmarked; one without them is refused clearly"
+    register_task(replace(get_task('vg'), name='vg_copy', bench_text={'tiny': (8, 0)}))
+    register_task(replace(get_task('vg'), name='vg_nobench', random_targets=None))
+    try:
+        assert 'vg_copy' in bench.bench_tasks() and 'vg_nobench' not in bench.bench_tasks()
+        t = bench.bench_trainer(bench.bench_config('vg_copy', batch_size=2), steps=1)
+        bt = bench.synthetic_batch('vg_copy', t.model.config, 2)
+        assert bt['input_ids'].shape == (2, 8) and bt['boxes'].shape == (2, 4) and bench.trainer_step(t, bt)['step'] > 0
+        with pytest.raises(CvlueError, match='cannot be benchmarked'): bench.synthetic_batch('vg_nobench', t.model.config, 2)
+        with pytest.raises(CvlueError, match='unknown task'): bench.run_bench('unused', quick=True, tasks=('vg_nobench',))
+    finally:
+        for n in ('vg_copy', 'vg_nobench'): TASKS.pop(n, None)
+    assert bench.cvlue_batch('vg') == get_task('vg').presets['cvlue']['batch_size'] == 32

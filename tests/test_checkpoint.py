@@ -3,15 +3,13 @@ import argparse
 import numpy as np
 import pytest
 import torch
-from cvlue_nb.core import CvlueError, shared_dir
+from cvlue_nb.core import CvlueError
 from cvlue_nb.checkpoint import (convert_x2vlm_state_dict, geometric_coords, geometric_q, load_x2vlm_checkpoint,
                                  read_checkpoint, reference_keys, resize_rel_pos_bias, state_dict_from_keys,
                                  tiny_cclm_state_dict)
 from cvlue_nb.model import X2VLM, X2VLMConfig
 
 TASKS = ('itr', 'vqa', 'vd', 'vg')
-needs_ref = pytest.mark.skipif(shared_dir() is None or not (shared_dir()/'reference').exists(),
-                               reason='shared/reference key lists not found beside the checkout (set CVLUE_SHARED)')
 
 @pytest.fixture(scope='module')
 def cclm():
@@ -20,12 +18,19 @@ def cclm():
 @pytest.fixture(scope='module')
 def tiny_ck(): return tiny_cclm_state_dict()
 
+def test_key_lists_ship_with_the_package():
+    "The five key lists are package data: found wherever cvlue_nb is installed, no checkout or shared/ folder needed"
+    from importlib.resources import files
+    assert {k: len(reference_keys(k)) for k in ('cclm', *TASKS)} == dict(cclm=587, itr=574, vqa=732, vd=732, vg=569)
+    assert sorted(p.name for p in (files('cvlue_nb')/'reference').iterdir() if p.name.endswith('.json')) == [
+        'cclm_x2vlm_base_ckpt_keys_inferred.json', *(f'x2vlm_base_{t}_keys.json' for t in ('itr', 'vd', 'vg', 'vqa'))]
+    with pytest.raises(CvlueError, match="unknown key list 'base'"): reference_keys('base')
+
 def _partition_ok(rep, n):
     c = rep.counts()
     assert c['unexplained'] == 0, (rep.unexplained_missing, rep.unexplained_unexpected)
     assert c['loaded'] + c['resized'] + c['copied'] + c['tied'] + c['missing'] == n
 
-@needs_ref
 @pytest.mark.parametrize('task', TASKS)
 def test_key_lists_zero_unexplained(cclm, task):
     target = state_dict_from_keys(reference_keys(task))
@@ -40,7 +45,6 @@ def test_key_lists_zero_unexplained(cclm, task):
         assert rep.copied['text_decoder.bert.embeddings.LayerNorm.weight'] == 'text_encoder.embeddings.LayerNorm.weight'
     if task == 'vg': assert 'bbox_head.3.weight' in rep.loaded
 
-@needs_ref
 @pytest.mark.parametrize('task', TASKS)
 def test_real_base_model_meta(cclm, task):
     with torch.device('meta'): m = X2VLM(X2VLMConfig.base(task))

@@ -3,10 +3,9 @@ import json, os, subprocess, sys, warnings
 from pathlib import Path
 import pytest, torch
 from PIL import Image
-from cvlue_nb.core import DataError, cvlue_sample_dir
+from cvlue_nb.core import DataError
 from cvlue_nb.data import *
 
-SAMPLE = cvlue_sample_dir()
 ROOT = Path(__file__).resolve().parent.parent
 
 def wj(path, obj):
@@ -18,19 +17,23 @@ def assert_lines(out, path, *expected):
     for e in expected: assert any(e in l for l in lines), f'{e!r} not reported for {path.name}:\n' + '\n'.join(lines)
 
 # Every CLI case below is one `python -m cvlue_nb.data validate ...` process (the module does not import torch, so
-# each takes well under a second). The module fixture `cli` runs them all; each test checks its own run.
-CASES = {}
+# each takes well under a second). The module fixture `cli` runs them all; each test checks its own run. Cases on the
+# real CVLUE sample (`REAL_CASES`) run only when it is here (conftest.py's `sample_dir`).
+CASES, REAL_CASES = {}, {}
 def case(f):
     "Register a builder: tmp dir → (argument list, files dict); its run is available as cli[f.__name__]"
     CASES[f.__name__] = f; return f
+def real_case(f):
+    "Register a builder on the real sample: sample folder → (argument list, files dict)"
+    REAL_CASES[f.__name__] = f; return f
 
 @pytest.fixture(scope='module')
-def cli(tmp_path_factory):
+def cli(tmp_path_factory, sample_dir):
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     res = {}
-    for name, build in CASES.items():
-        args, files = build(tmp_path_factory.mktemp(name))
-        if args is None: continue
+    jobs = {name: build(tmp_path_factory.mktemp(name)) for name, build in CASES.items()}
+    if sample_dir is not None: jobs |= {name: build(sample_dir) for name, build in REAL_CASES.items()}
+    for name, (args, files) in jobs.items():
         r = subprocess.run([sys.executable, '-m', 'cvlue_nb.data', *map(str, args)], cwd=ROOT, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
         res[name] = (r.returncode, r.stdout, files)
@@ -41,41 +44,39 @@ def test_import_does_not_load_torch():
     code = 'import sys, cvlue_nb.data; assert "torch" not in sys.modules, "cvlue_nb.data imported torch"'
     subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
 
-def get(cli, name):
-    if name not in cli: pytest.skip('the real CVLUE sample (../shared/cvlue_sample) is not here')
-    return cli[name]
-
 # ---------------------------------------------------------------- real sample files: clean, exit 0
 REAL = dict(itr=['test_example/IC/images.json', 'test_example/IC/captions.json', 'test_example/IC/gold.json', 'example/IC/example.json'],
             vqa=['test_example/VQA/test_VQA.json', 'test_example/VQA/gold.json', 'test_example/VQA/submit_VQA.json',
                  'example/VQA/example.json', 'example/VQA/answer_list.json'],
             vg=['test_example/VG/test_VG.json', 'test_example/VG/gold.json', 'example/VG/example.json'],
             vd=['test_example/VD/test_VD.json', 'test_example/VD/gold.json'])
-def real_case(task):
+def real_task_case(task):
     "Builder for the run over all of one task's real sample files"
-    def build(d): return (['validate', '--task', task, *[SAMPLE/f for f in REAL[task]]] if SAMPLE else None), REAL[task]
+    def build(s): return ['validate', '--task', task, *[s/f for f in REAL[task]]], REAL[task]
     return build
-for _t in REAL: CASES[f'real_{_t}'] = real_case(_t)
+for _t in REAL: REAL_CASES[f'real_{_t}'] = real_task_case(_t)
 
+@pytest.mark.sample('`validate` on the official example files')
 @pytest.mark.parametrize('task', list(REAL))
-def test_cli_real_samples_clean(cli, task):
-    rc, out, files = get(cli, f'real_{task}')
+def test_cli_real_samples_clean(sample, cli, task):
+    rc, out, files = cli[f'real_{task}']
     assert rc == 0, out
     assert out.count(': clean') == len(files) and 'Traceback' not in out
 
-@case
-def real_images(d):
-    return (['validate', '--task', 'vg', SAMPLE/'example/VG/example.json', '--image-root', SAMPLE] if SAMPLE else None), {}
+@real_case
+def real_images(s):
+    return ['validate', '--task', 'vg', s/'example/VG/example.json', '--image-root', s], {}
 
-@case
-def real_missing_images(d):
-    return (['validate', '--task', 'vqa', SAMPLE/'test_example/VQA/test_VQA.json', '--image-root', SAMPLE] if SAMPLE else None), {}
+@real_case
+def real_missing_images(s):
+    return ['validate', '--task', 'vqa', s/'test_example/VQA/test_VQA.json', '--image-root', s], {}
 
-def test_cli_real_images_checked(cli):
+@pytest.mark.sample('`validate --image-root` on the official example images')
+def test_cli_real_images_checked(sample, cli):
     "With --image-root the example images must exist and match width/height; the test images are not in the sample"
-    rc, out, _ = get(cli, 'real_images')
+    rc, out, _ = cli['real_images']
     assert rc == 0 and out.strip().endswith('7 records: clean'), out
-    rc, out, _ = get(cli, 'real_missing_images')
+    rc, out, _ = cli['real_missing_images']
     assert rc == 1 and 'test_VQA.json[0].image: image file not found' in out and '9 problems in 9 records' in out, out
 
 # ---------------------------------------------------------------- unreadable files: message, exit 1, no traceback

@@ -46,6 +46,11 @@ def test_readme_matches_index():
     probs = cd.readme_problems()
     assert not probs, _fmt(probs)
 
+def test_readme_has_the_two_setup_commands():
+    readme = (ROOT/'README.md').read_text(encoding='utf-8')
+    assert 'pip install -e ".[dev]" -c requirements-dev.txt' in readme
+    assert 'OMP_NUM_THREADS=1 nbdev_test && pytest -q tests' in readme
+
 def test_check_mode_leaves_config_files_alone():
     files = ('_quarto.yml', 'nbdev.yml', 'sidebar.yml')
     before = {f: (cd.NBS/f).read_bytes() for f in files if (cd.NBS/f).exists()}

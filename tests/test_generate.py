@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 from cvlue_nb import synth
-from cvlue_nb.core import cvlue_sample_dir, sha256_file
+from cvlue_nb.core import sha256_file
 from cvlue_nb.generate import main, read_manifest, load_agi_index, agi_relpath
 from cvlue_nb.text2img import SceneBackend, draw_grounding_agi
 
@@ -137,9 +137,9 @@ def test_scene_backend_draws_the_caption():
         assert red[:, :a.shape[1] // 2].sum() > 200 and red[:, a.shape[1] // 2:].sum() == 0
 
 
-def test_vg_box_on_real_sample_image():
-    root = cvlue_sample_dir()
-    if root is None: pytest.skip('CVLUE sample (../shared/cvlue_sample) not found')
+@pytest.mark.sample('draw_grounding_agi on a real VG image')
+def test_vg_box_on_real_sample_image(sample):
+    root = sample
     rec = json.loads((root/'example'/'VG'/'example.json').read_text(encoding='utf-8'))[1]
     with Image.open(root/rec['image']) as im: real = im.convert('RGB')
     agi = np.asarray(draw_grounding_agi(real, rec['bbox']))

@@ -6,7 +6,8 @@ import torch
 
 from cvlue_nb.synth import generate
 from cvlue_nb.model import X2VLM, X2VLMConfig, build_char_tokenizer
-from cvlue_nb.infer import evaluate_split, split_files
+from cvlue_nb.infer import evaluate_split
+from cvlue_nb.tasks import split_files
 from cvlue_nb.core import CvlueError, read_json
 
 TASKS = ('itr', 'vqa', 'vd', 'vg')
@@ -111,11 +112,10 @@ def test_gold_as_prediction_scores_perfectly(bench):
     assert evaluate('itr', data/'IC/test_gold.json', i2t=root/'i2t_perfect.json', t2i=out/'t2i_submit.json')['i2t_r1'] == 1.0
 
 
-def test_cvlue_layout_files():
+@pytest.mark.sample('split_files on the official test_example layout')
+def test_cvlue_layout_files(sample):
     "The official CVLUE test file names are found (the sample ships no test images, so nothing is predicted)"
-    from cvlue_nb.core import cvlue_sample_dir
-    root = cvlue_sample_dir()
-    if root is None: pytest.skip('CVLUE sample not available (cvlue_nb.core.cvlue_sample_dir() is None)')
+    root = sample
     fs = split_files('vqa', root/'test_example', answer_list=root/'example/VQA/answer_list.json')
     assert (fs['records'].name, fs['gold'].name, fs['answer_list'].name) == ('test_VQA.json', 'gold.json', 'answer_list.json')
     fs = split_files('itr', root/'test_example')
@@ -133,17 +133,16 @@ def test_cli(bench, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(res) == {'miou', 'acc50', 'n'} and res['n'] == len(read_json(data/'VG/test_gold.json'))
     assert (tmp_path/'vg'/'submit_VG.json').exists()
-    for bad, msg in ((['--data', str(tmp_path/'nowhere')], 'no vqa test input file'), (['--data', str(data), 'k_tst=3'], "unknown inference settings ['k_tst']")):
+    for bad, msg in ((['--data', str(tmp_path/'nowhere')], 'no vqa test input file'), (['--data', str(data), 'k_tst=3'], "unknown setting 'k_tst'")):
         with pytest.raises(SystemExit) as e: main(['--task', 'vqa', '--model', str(root/'models'/'vqa'), '--out', str(tmp_path/'x')] + bad)
         assert e.value.code == 2
         assert msg in capsys.readouterr().err
 
 
-def test_real_sample_files(tmp_path):
+@pytest.mark.sample('evaluate_split on the real example records and images')
+def test_real_sample_files(sample, tmp_path):
     "Real CVLUE records, images and the real 3,408-answer list go through evaluate_split (random tiny models)"
-    from cvlue_nb.core import cvlue_sample_dir
-    root = cvlue_sample_dir()
-    if root is None: pytest.skip('CVLUE sample not available (cvlue_nb.core.cvlue_sample_dir() is None)')
+    root = sample
     ex = root/'example'
     texts = [c for r in read_json(ex/'IC/example.json') for c in r['caption']] + list(read_json(ex/'VQA/answer_list.json'))
     texts += [r['question'] for r in read_json(ex/'VQA/example.json')] + [r['text'] for r in read_json(ex/'VG/example.json')]

@@ -1,6 +1,6 @@
 """Scorers (`cvlue_nb.metrics`) and the evaluation CLI (`python -m cvlue_nb.evaluate`).
 
-1. The CLI on the organisers' examples (`shared/cvlue_sample/test_example`) prints the numbers the official CVLUE
+1. The CLI on the organisers' examples (the CVLUE sample's `test_example/`, when present) prints the numbers the official CVLUE
    scorers print there.
 2. Bad input makes the CLI print one clear line and exit 2, never a traceback.
 3. Reference equivalence: each official scoring rule is transcribed here, independently and as literally as
@@ -13,13 +13,15 @@ import json, random, re, runpy, string, subprocess, sys, warnings
 from pathlib import Path
 import numpy as np
 import pytest
-from cvlue_nb.core import DataError, cvlue_sample_dir
+from cvlue_nb.core import DataError
 from cvlue_nb.metrics import *
 
-SAMPLE = cvlue_sample_dir()
-EX = SAMPLE/'test_example' if SAMPLE else None
-needs_sample = pytest.mark.skipif(EX is None, reason='shared/cvlue_sample not found beside the checkout: '
-                                  'the checks against the official CVLUE examples are skipped')
+OFFICIAL = pytest.mark.sample('the scorers and writers on the official CVLUE examples (test_example/)')
+
+@pytest.fixture
+def ex(sample):
+    "The organisers' test examples (gold files and official-format submissions)"
+    return sample/'test_example'
 
 def cli(*args):
     "Run the evaluation CLI; return (returncode, stdout, stderr)"
@@ -47,24 +49,24 @@ def cli_scores(*args):
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. The official examples through the CLI
-@needs_sample
-def test_cli_itr_official_example():
-    s = cli_scores('itr', '--gold', EX/'IC/gold.json', '--i2t', EX/'IC/i2t_submit.json', '--t2i', EX/'IC/t2i_submit.json')
+@OFFICIAL
+def test_cli_itr_official_example(ex):
+    s = cli_scores('itr', '--gold', ex/'IC/gold.json', '--i2t', ex/'IC/i2t_submit.json', '--t2i', ex/'IC/t2i_submit.json')
     assert s == dict(i2t_r1=0.5, i2t_r5=1.0, i2t_r10=1.0, t2i_r1=0.6, t2i_r5=1.0, t2i_r10=1.0)
 
-@needs_sample
+@OFFICIAL
 @pytest.mark.parametrize('strict,n_match', [(False, 6), (True, 5)])
-def test_cli_vqa_official_example(strict, n_match):
-    s = cli_scores('vqa', '--gold', EX/'VQA/gold.json', '--pred', EX/'VQA/submit_VQA.json', *(['--strict'] if strict else []))
+def test_cli_vqa_official_example(ex, strict, n_match):
+    s = cli_scores('vqa', '--gold', ex/'VQA/gold.json', '--pred', ex/'VQA/submit_VQA.json', *(['--strict'] if strict else []))
     assert s == dict(acc=n_match/9, n_match=n_match, n_total=9)
 
-@needs_sample
-def test_cli_vd_official_example():
-    assert cli_scores('vd', '--gold', EX/'VD/gold.json', '--pred', EX/'VD/submit_VD.json') == dict(r1=0.5, r5=1.0, r10=1.0, n=2)
+@OFFICIAL
+def test_cli_vd_official_example(ex):
+    assert cli_scores('vd', '--gold', ex/'VD/gold.json', '--pred', ex/'VD/submit_VD.json') == dict(r1=0.5, r5=1.0, r10=1.0, n=2)
 
-@needs_sample
-def test_cli_vg_official_example():
-    s = cli_scores('vg', '--gold', EX/'VG/gold.json', '--pred', EX/'VG/submit_VG.json')
+@OFFICIAL
+def test_cli_vg_official_example(ex):
+    s = cli_scores('vg', '--gold', ex/'VG/gold.json', '--pred', ex/'VG/submit_VG.json')
     assert abs(s['miou'] - 0.4777310067517693) <= 1e-12 and s['n'] == 6 and 0 <= s['acc50'] <= 1
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -251,19 +253,19 @@ def test_vg_matches_official_rules():
 
 # ---------------------------------------------------------------------------------------------------------------
 # 4. Writers: official structure; write -> score == in-memory score
-@needs_sample
-def test_writers_reproduce_official_submission_files(tmp_path):
+@OFFICIAL
+def test_writers_reproduce_official_submission_files(ex, tmp_path):
     rd = lambda p: json.loads(Path(p).read_text(encoding='utf-8'))
-    i2t, t2i = rd(EX/'IC/i2t_submit.json'), rd(EX/'IC/t2i_submit.json')
+    i2t, t2i = rd(ex/'IC/i2t_submit.json'), rd(ex/'IC/t2i_submit.json')
     assert [rd(p) for p in write_itr_submission(tmp_path, i2t, t2i)] == [i2t, t2i]
-    sub = rd(EX/'VQA/submit_VQA.json')
-    assert rd(write_vqa_submission(tmp_path/'v.json', rd(EX/'VQA/test_VQA.json'), [r['answer'] for r in sub])) == sub
-    sub = rd(EX/'VD/submit_VD.json')
-    recs = vd_eval_records(rd(EX/'VD/test_VD.json'))
+    sub = rd(ex/'VQA/submit_VQA.json')
+    assert rd(write_vqa_submission(tmp_path/'v.json', rd(ex/'VQA/test_VQA.json'), [r['answer'] for r in sub])) == sub
+    sub = rd(ex/'VD/submit_VD.json')
+    recs = vd_eval_records(rd(ex/'VD/test_VD.json'))
     assert rd(write_vd_submission(tmp_path/'d.json', recs, [r['answer_sort'] for r in sub])) == sub
     assert all(len(r['answer_sort']) == 100 for r in rd(tmp_path/'d.json'))
-    sub = rd(EX/'VG/submit_VG.json')
-    assert rd(write_vg_submission(tmp_path/'g.json', rd(EX/'VG/test_VG.json'), [r['bbox'] for r in sub])) == sub
+    sub = rd(ex/'VG/submit_VG.json')
+    assert rd(write_vg_submission(tmp_path/'g.json', rd(ex/'VG/test_VG.json'), [r['bbox'] for r in sub])) == sub
 
 def test_itr_write_then_cli_score_equals_in_memory(tmp_path):
     rng = np.random.default_rng(4)
@@ -301,12 +303,12 @@ def test_vqa_vd_vg_write_then_score_equals_in_memory(tmp_path):
     mem = score_vg(ggold, [{'ref_id': g['ref_id'], 'bbox': [float(v) for v in b]} for g, b in zip(ggold, boxes)])
     assert score_vg_files(tmp_path/'vg_gold.json', p) == mem
 
-@needs_sample
+@OFFICIAL
 @pytest.mark.skipif(__import__('shutil').which('cvlue-evaluate') is None, reason='package not installed with its console scripts')
-def test_console_script_exit_codes():
-    r = subprocess.run(['cvlue-evaluate', 'vd', '--gold', str(EX/'VD/gold.json'), '--pred', str(EX/'VD/submit_VD.json')],
+def test_console_script_exit_codes(ex):
+    r = subprocess.run(['cvlue-evaluate', 'vd', '--gold', str(ex/'VD/gold.json'), '--pred', str(ex/'VD/submit_VD.json')],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])['r1'] == 0.5, r.stderr
-    r = subprocess.run(['cvlue-evaluate', 'vd', '--gold', str(EX/'VD/gold.json'), '--pred', str(EX/'VG/submit_VG.json')],
+    r = subprocess.run(['cvlue-evaluate', 'vd', '--gold', str(ex/'VD/gold.json'), '--pred', str(ex/'VG/submit_VG.json')],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith('error: ') and 'Traceback' not in r.stderr

@@ -3,7 +3,7 @@ OpenAI-compatible HTTP server (retries, fallback, cache, concurrency, unreachabl
 import io, json, logging, re, socket, time
 from pathlib import Path
 import pytest
-from cvlue_nb.core import cvlue_sample_dir, DataError
+from cvlue_nb.core import DataError
 from cvlue_nb.prompts import (itr_prompt, qa_pairs_for_image, vd_qa_pairs, rewrite_pair, strip_end, polarity, num_to_zh,
                               RuleRewriter, LLMRewriter, ScriptedChatServer, JsonlCache, make_rewriter, RewriteResult)
 
@@ -76,9 +76,9 @@ def _answer_kept(a, out):
     if sign > 0: return not rest or rest[:4] in out
     return core.rstrip('的') in out
 
-def test_rules_on_real_sample():
-    root = cvlue_sample_dir()
-    if root is None: pytest.skip('shared/cvlue_sample not found (set CVLUE_SHARED or put shared/ beside the checkout)')
+@pytest.mark.sample('the rule rewriter on the real question/answer pairs and captions')
+def test_rules_on_real_sample(sample):
+    root = sample
     rows, forms = _sample_rows(root)
     assert len(forms) >= 20 and len(rows) >= 40
     outs = [(q, a, *rewrite_pair(q, a)) for q, a in rows]

@@ -4,18 +4,13 @@ from pathlib import Path
 import pytest, torch, yaml
 from safetensors.torch import load_file
 from cvlue_nb.core import cvlue_sample_dir, read_json
+from cvlue_nb.config import parse_overrides
 from cvlue_nb import train as tr
 
 ROOT = Path(__file__).resolve().parents[1]
 # a very small synthetic benchmark and model: every run below takes seconds
 SMALL = ['synth_n_train=16', 'synth_n_test=4', 'synth_size=32', 'image_res=32', 'batch_size=8', 'num_workers=0',
          'k_test=4', 'log_every=1']
-
-
-def has_infer() -> bool:
-    try: from cvlue_nb.infer import evaluate_split  # noqa: F401
-    except ImportError: return False
-    return True
 
 
 @pytest.fixture(scope='module')
@@ -35,12 +30,6 @@ def train(args, env, timeout=300, **extra):
 
 def weights(run: Path) -> dict:
     return load_file(str(run/'model'/'model.safetensors'))
-
-
-def test_shipped_yaml_matches_notebook():
-    for t in tr.CVLUE_PRESETS:
-        shipped = yaml.safe_load((tr.configs_dir()/f'{t}.yaml').read_text(encoding='utf-8'))
-        assert shipped == {'cvlue': tr.CVLUE_PRESETS[t], 'synth': tr.SYNTH_PRESETS[t]}
 
 
 def test_bad_setting_is_a_clear_error(env):
@@ -79,7 +68,6 @@ def test_torchrun_two_cpu_processes(env, tmp_path):
     assert m['world_size'] == 2 and m['step'] == 3 and read_json(out/'env.json')['world_size'] == 2
     ck = torch.load(tr.checkpoints(out)[-1], weights_only=True)
     assert len(ck['progress']['rank_rngs']) == 2
-    if not has_infer(): pytest.skip('cvlue_nb.infer not available yet: evaluation part not checked')
     data = Path(env['CVLUE_NB_CACHE'])/'synth'
     root = next(p for p in data.iterdir() if '-16-4-4-32px' in p.name)
     images, caps = read_json(root/'IC'/'test_images.json'), read_json(root/'IC'/'test_captions.json')
@@ -92,19 +80,18 @@ def test_torchrun_two_cpu_processes(env, tmp_path):
 @pytest.mark.parametrize('task', ['itr', 'vqa', 'vd', 'vg'])
 def test_tasks_train_and_evaluate_with_and_without_agi(task, env, tmp_path, monkeypatch):
     monkeypatch.setenv('CVLUE_NB_CACHE', env['CVLUE_NB_CACHE']); monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    evaluate = None if has_infer() else (lambda t: {})
     for agi in (True, False):
-        ov = tr.parse_overrides(SMALL + ['max_steps=2', f'agi={agi}', f'out={tmp_path/str(agi)}'])
-        rec = tr.fit(tr.resolve_config(task, 'synth', overrides=ov), evaluate=evaluate, progress=False)
+        ov = parse_overrides(SMALL + ['max_steps=2', f'agi={agi}', f'out={tmp_path/str(agi)}'])
+        rec = tr.fit(tr.resolve_config(task, 'synth', overrides=ov), progress=False)
         assert rec['step'] == 2 and all(v == v for v in rec['final_losses'].values())  # finite (no NaN)
         assert ('kl' in rec['final_losses']) == agi
-        if has_infer(): assert rec['metrics'], f'{task}: no metrics'
+        assert rec['metrics'], f'{task}: no metrics'
 
 
 def test_real_data_path(env, tmp_path):
     "--data cvlue --data-root --agi-dir --init --tokenizer on the 8 real sample images (tiny model, a few steps)"
     sample = cvlue_sample_dir()
-    if sample is None: pytest.skip('../shared/cvlue_sample not found: the real-data path is not tested')
+    if sample is None: pytest.skip('CVLUE sample not found (set CVLUE_SAMPLE): the real-data training path was not checked')
     from cvlue_nb.checkpoint import tiny_cclm_state_dict
     from cvlue_nb.generate import generate_agis
     from cvlue_nb.model import build_char_tokenizer
@@ -129,3 +116,33 @@ def test_real_data_path(env, tmp_path):
     m = read_json(out/'metrics.json'); cfg = read_json(out/'config.json')
     assert m['step'] == 2 and cfg['data'] == 'cvlue' and cfg['model'] == 'tiny' and 'kl' in m['final_losses']
     assert (out/'model'/'tokenizer').is_dir() and (out/'tb').is_dir()
+
+
+PLUGIN = '''
+from dataclasses import replace
+from cvlue_nb.tasks import TASKS, register_task
+itr = TASKS['itr']
+# one changed field: a synthetic preset of 2 steps
+register_task(replace(itr, name='itr_copy', presets={**itr.presets, 'synth': {**itr.presets['synth'], 'max_steps': 2}}))
+'''
+
+
+def test_registered_task_trains_and_evaluates_through_the_cli(env, tmp_path):
+    "The registry is the one place: a task registered by a plugin file trains, evaluates and infers via the CLIs"
+    (tmp_path/'my_tasks.py').write_text(PLUGIN, encoding='utf-8')
+    e = dict(env, CVLUE_NB_PLUGINS=str(tmp_path/'my_tasks.py'))
+    out = tmp_path/'run'
+    r = train(['--task', 'itr_copy', *[a for a in SMALL if a != 'log_every=1'], f'out={out}'], e)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m, cfg = read_json(out/'metrics.json'), read_json(out/'config.json')
+    assert (m['task'], m['step'], cfg['task'], cfg['max_steps']) == ('itr_copy', 2, 'itr_copy', 2)
+    assert set(m['metrics']) == {'i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10'}
+    assert (out/'submission'/'i2t_submit.json').exists() and 'itr_copy (AGI, seed 42)' in r.stdout
+    data = next(p for p in (Path(env['CVLUE_NB_CACHE'])/'synth').iterdir() if '-16-4-4-32px' in p.name)
+    inf = subprocess.run([sys.executable, '-m', 'cvlue_nb.infer', '--task', 'itr_copy', '--model', str(out/'model'),
+                          '--data', str(data), '--out', str(tmp_path/'infer'), 'k_test=4', 'itc_weight=10'], env=e, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert inf.returncode == 0, inf.stderr[-3000:]
+    assert json.loads(inf.stdout.strip().splitlines()[-1]) == m['metrics']  # the run's own evaluation settings
+    unknown = train(['--task', 'itr_copy'], env, timeout=120)   # without the plugin the task does not exist
+    assert unknown.returncode != 0 and 'itr_copy' in unknown.stderr
