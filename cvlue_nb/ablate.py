@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['TASKS', 'VARIANTS', 'TABLES', 'RESERVED', 'IMAGE_CHECK_TASKS', 'IMAGE_CHECK_VARIANTS', 'IMAGE_METRIC', 'Variant',
            'register_variant', 'baseline', 'agi', 'no_kl', 'no_cos', 'cos_l2', 'noise_images', 'random_images',
-           'create_variant', 'agi_config', 'Table', 'columns', 'Run', 'plan_runs', 'run_overrides', 'run_folder',
-           'train_config', 'finished_record', 'cli_value', 'train_argv', 'subprocess_runner', 'inprocess_runner',
-           'json_images', 'image_derangement', 'swapped_image_tree', 'image_check', 'execute_run', 'by_seed',
-           'mean_std', 'fmt_cell', 'markdown_table', 'render_table', 'delta_cell', 'shuffled_by_seed',
+           'agi_weighted', 'create_variant', 'agi_config', 'Table', 'columns', 'Run', 'plan_runs', 'run_overrides',
+           'run_folder', 'train_config', 'finished_record', 'cli_value', 'train_argv', 'subprocess_runner',
+           'inprocess_runner', 'json_images', 'image_derangement', 'swapped_image_tree', 'image_check', 'execute_run',
+           'by_seed', 'mean_std', 'fmt_cell', 'markdown_table', 'render_table', 'delta_cell', 'shuffled_by_seed',
            'render_image_check', 'summarize', 'run_facts', 'tables_markdown', 'plot_ablation', 'write_results',
            'describe', 'prepare_data', 'ablate', 'parse_args', 'grid_from_args', 'main']
 
-# %% ../nbs/13_ablate.ipynb #6fb93e9e
+# %% ../nbs/13_ablate.ipynb #be024d9d
 import argparse, json, os, shlex, shutil, statistics, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict
@@ -25,6 +25,7 @@ from .tasks import TASKS as REGISTRY, get_task
 from .losses import AGIConfig, derangement
 from .model import X2VLM
 from .infer import evaluate_split
+from .run import agi_config as run_agi_config
 from .run import (resolve_config, config_diff, renamed_note, config_from_saved, synth_root, data_files,
                           agi_index, infer_settings, eval_files)
 from .train import fit
@@ -56,7 +57,7 @@ def register_variant(label:str,           # row label in the tables
         return fn
     return deco
 
-# %% ../nbs/13_ablate.ipynb #8d0e509d
+# %% ../nbs/13_ablate.ipynb #02a56ca7
 @register_variant('baseline')
 def baseline(): "X²-VLM alone: the task loss, no answer-guided images"; return dict(agi=False, ablation='none')
 
@@ -78,7 +79,12 @@ def noise_images(): "Y replaced by Gaussian noise with Y's per-feature mean and 
 @register_variant('RANDOM', name='random')
 def random_images(): "Y replaced by another item's answer-guided image (a derangement of the batch)"; return dict(agi=True, ablation='random')
 
-# %% ../nbs/13_ablate.ipynb #69318d83
+@register_variant('+AGI (½-weighted)', ('vqa', 'vd', 'vg'))
+def agi_weighted():
+    "The 0.5-weighted objective used before v0.2: γ = y_weight = 0.5 (the paper's eqs. 14 and 19 use 1, 1 and 1, 0)"
+    return dict(agi=True, ablation='none', gamma=0.5, y_weight=0.5)
+
+# %% ../nbs/13_ablate.ipynb #ea653f3f
 def create_variant(name:str,          # a key of VARIANTS
                    task:str='itr',    # the task the arm is run on
                    **kw               # further TrainConfig settings, applied on top
@@ -89,12 +95,14 @@ def create_variant(name:str,          # a key of VARIANTS
     if task not in v.tasks: raise CvlueError(f'arm {name!r} ({v.label}) exists only for {", ".join(v.tasks)}, not {task!r}')
     return {**kw, **v.overrides}
 
-def agi_config(name:str, task:str='itr', lam:float=0.5, gamma:float=0.5, y_weight:float=0.5):
-    "The `cvlue_nb.losses.AGIConfig` a registered arm trains with (λ: cosine weight, γ: KL weight, eq. 10)"
-    o = create_variant(name, task)
-    return AGIConfig(enabled=o['agi'], lam=lam, gamma=gamma, y_weight=y_weight, ablation=o['ablation'])
+def agi_config(name:str,         # a key of VARIANTS
+               task:str='itr',    # the task the arm is run on
+               data:str='synth'   # whose preset: synth or cvlue
+              ) -> AGIConfig:     # what the objective receives (λ: cosine weight, γ: KL weight, eq. 10)
+    "The `cvlue_nb.losses.AGIConfig` a registered arm trains with: the task's preset with the arm's settings"
+    return run_agi_config(resolve_config(task, data, overrides={**create_variant(name, task), 'data_root': '.'}))
 
-# %% ../nbs/13_ablate.ipynb #40c41900
+# %% ../nbs/13_ablate.ipynb #b3372834
 @dataclass(frozen=True)
 class Table:
     "One of the paper's ablation tables"
@@ -107,7 +115,9 @@ class Table:
 TABLES = {3: Table(3, 'Table 3. X²-VLM baseline vs answer-guided images', ('baseline', 'agi'), TASKS, (('agi', 'baseline'),)),
           4: Table(4, 'Table 4. Ablations of the ITR objective', ('agi', 'no_kl', 'no_cos', 'cos_l2'), ('itr',)),
           5: Table(5, 'Table 5. Image ablations: the real answer-guided image vs NOISE and RANDOM', ('agi', 'noise', 'random'),
-                   TASKS, (('agi', 'noise'), ('agi', 'random')))}
+                   TASKS, (('agi', 'noise'), ('agi', 'random'))),
+          6: Table(6, "Table 6 (ours, not in the paper). The paper's objective weights vs the ½-weighted form",
+                   ('agi', 'agi_weighted'), ('vqa', 'vd', 'vg'), (('agi', 'agi_weighted'),))}
 
 def columns(task:str) -> dict: # a registered task
     "metric → the paper's column name, in Table 3's order (`TaskSpec.columns`)"

@@ -10,7 +10,7 @@ __all__ = ['itr_scores', 'unwrap', 'model_device', 'load_pixels', 'tokenize', 'I
            'InferConfig', 'score_itr', 'score_vd', 'score_vg', 'score_vqa', 'predict_itr_split', 'predict_vqa_split',
            'predict_vg_split', 'vd_records', 'predict_vd_split', 'evaluate_split', 'main']
 
-# %% ../nbs/11_infer.ipynb #9484de7f
+# %% ../nbs/11_infer.ipynb #8c2272ee
 import argparse, json, math, re, sys
 from collections import Counter
 from collections.abc import Mapping
@@ -29,7 +29,8 @@ from .data import (load_image, apply_geom, Geom, cxcywh_to_xywh, read_itr, read_
 from .metrics import (score_itr_files, score_vqa_files, score_vd_files, score_vg_files,
                               itr_rankings, write_itr_submission, write_vqa_submission, write_vd_submission,
                               write_vg_submission)
-from .engine import ResumableSampler, gather_by_index, setup_distributed, cleanup_distributed
+from .engine import (ResumableSampler, gather_by_index, setup_distributed, cleanup_distributed,
+                             abort_distributed)
 
 # %% ../nbs/11_infer.ipynb #8ca27008
 def unwrap(model:torch.nn.Module # a model, possibly wrapped in DDP
@@ -380,7 +381,7 @@ def predict_boxes(model, tokenizer, images, texts:list[str], # images and referr
     st, _ = question_states(m, tokenizer, images, texts, max_len=max_len, **kw)
     return [cxcywh_to_xywh(b, w, h) for b, (w, h) in zip(m.predict_box(st).float().tolist(), sizes)]
 
-# %% ../nbs/11_infer.ipynb #85c70686
+# %% ../nbs/11_infer.ipynb #9ff5b244
 @dataclass
 class InferConfig:
     "Test-time settings of all four tasks"
@@ -394,6 +395,7 @@ class InferConfig:
     vqa_k:int=128               # VQA: answers scored in full per question
     length_norm:bool=False      # VQA/VD: divide answer scores by their length
     first_token_twice:bool=False # VQA/VD: the baseline's double-counted first token
+    eval_hflip:float=0.0        # VQA: flip probability of the images of a non-test split (the baseline's validation)
     num_beams:int=1             # VQA generation: 1 = greedy
     answer_max_len:int=32       # VQA/VD: answer tokens (generation: tokens generated)
     context_max_len:int=256     # VD: dialog-context tokens (truncated on the left)
@@ -452,11 +454,11 @@ def predict_itr_split(model, tok, fs, out_dir, cfg, image_root, device):
                            progress=cfg.progress and is_main(cfg.distributed))
     return (write_itr_submission(out_dir, i2t, t2i) if is_main(cfg.distributed) else None), gold
 
-# %% ../nbs/11_infer.ipynb #6564298c
+# %% ../nbs/11_infer.ipynb #bd0d4d15
 def predict_vqa_split(model, tok, fs, out_dir, cfg, image_root, device):
     "VQA: predict a split's items, write the submission on rank 0; returns (written files, gold file)"
     items = read_vqa(fs['records'], test=None)
-    ds = VQADataset(items, image_root, cfg.image_res)
+    ds = VQADataset(items, image_root, cfg.image_res); ds.eval_hflip = cfg.eval_hflip   # 0 unless recipe=baseline
     kw = dict(image_res=cfg.image_res, device=device)
     if cfg.vqa_mode == 'rank':
         if not fs.get('answer_list'): raise CvlueError(f"{fs['records']}: no answer_list.json for vqa_mode='rank' (pass answer_list=… or use vqa_mode='generate')")
@@ -507,7 +509,7 @@ def predict_vd_split(model, tok, fs, out_dir, cfg, image_root, device):
         if is_main(cfg.distributed): atomic_write_json(gold, {'data': recs})
     return (write_vd_submission(Path(out_dir)/'submit_VD.json', recs, sorts) if is_main(cfg.distributed) else None), gold
 
-# %% ../nbs/11_infer.ipynb #3e84d6fe
+# %% ../nbs/11_infer.ipynb #f23d823c
 def evaluate_split(task:str, model, tokenizer,   # task, a trained `X2VLM` (DDP-wrapped is fine) and its tokenizer
                    data_dir, split:str='test',   # dataset folder and split
                    out_dir=None,                 # where the submission files go (required)
@@ -521,7 +523,7 @@ def evaluate_split(task:str, model, tokenizer,   # task, a trained `X2VLM` (DDP-
     if out_dir is None: raise CvlueError('evaluate_split needs out_dir (where the submission files go)')
     m = unwrap(model)
     cfg = (InferConfig().update(**cfg) if isinstance(cfg, Mapping) else cfg or InferConfig()).update(**kw)
-    cfg = cfg.update(image_res=cfg.image_res or m.config.image_res)
+    cfg = cfg.update(image_res=cfg.image_res or m.config.image_res, eval_hflip=0.0 if split == 'test' else cfg.eval_hflip)
     spec, fs = get_task(task), split_files(task, data_dir, split, **(files or {}))
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     was_training, device = m.training, torch.device(device or model_device(m)); m.eval()
@@ -535,7 +537,7 @@ def evaluate_split(task:str, model, tokenizer,   # task, a trained `X2VLM` (DDP-
         atomic_write_json(out_dir/f'metrics_{task}.json', dict(task=task, split=split, **metrics, config=asdict(cfg)), indent=1)
     return _broadcast(metrics, cfg.distributed)
 
-# %% ../nbs/11_infer.ipynb #bf297600
+# %% ../nbs/11_infer.ipynb #c4a17d38
 def main(argv:list[str]|None=None): # command-line arguments (default: `sys.argv[1:]`)
     "Evaluate a saved model on a split: write the official submission files, print the metrics"
     load_plugins()
@@ -557,8 +559,10 @@ def main(argv:list[str]|None=None): # command-line arguments (default: `sys.argv
         files = {k: getattr(a, k) for k in ('images', 'captions', 'records', 'gold', 'answer_list')}
         res = evaluate_split(a.task, model, tok, a.data, a.split, out_dir=a.out, image_root=a.image_root, files=files,
                              device=device, **{'progress': True, **parse_overrides(a.settings)})
-    except (CvlueError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr); cleanup_distributed(); sys.exit(2)
+    except BaseException as e:
+        if dist.is_initialized() and dist.get_world_size() > 1: abort_distributed(e, 2)  # exit now, no barrier
+        if not isinstance(e, (CvlueError, OSError)): raise
+        print(f'error: {e}', file=sys.stderr); sys.exit(2)
     if rank == 0: print(f'wrote the {a.task} submission to {a.out}'); print(json.dumps(res))
     if dist.is_initialized(): dist.barrier()  # gloo can abort if a rank destroys the group while another still runs
     cleanup_distributed()

@@ -27,7 +27,7 @@ def resolve(ref:str|Callable|None # a callable, or 'package.module:attribute'
     try: return getattr(importlib.import_module(mod), name)
     except (ImportError, AttributeError) as e: raise CvlueError(f'cannot resolve {ref!r}: {e}') from None
 
-# %% ../nbs/01a_tasks.ipynb #1f4bd2f3
+# %% ../nbs/01a_tasks.ipynb #06a377ed
 @dataclass(frozen=True)
 class TaskSpec:
     "Everything task-specific about one CVLUE task"
@@ -57,6 +57,8 @@ class TaskSpec:
     image_check:bool=True      # the image check (another item's image at test time) is meaningful
     bench_text:dict=field(default_factory=dict) # model preset → (text tokens, answer tokens) of benchmark batches
     presets:dict=field(default_factory=dict)    # 'cvlue' / 'synth' → TrainConfig settings of the shipped presets
+    randaug_ops:str='all'      # the baseline's RandomAugment op list: 'all' (geometric + photometric) or 'photometric' (VG)
+    recipes:dict=field(default_factory=dict)    # recipe name → the task's additions to `cvlue_nb.run.RECIPES`
     legacy:dict=field(default_factory=dict)     # old setting name → new one, for run folders written before a rename
 
 # %% ../nbs/01a_tasks.ipynb #06021b55
@@ -131,14 +133,16 @@ def random_box_targets(n:int, La:int, vocab:int, g) -> dict:
     "VG benchmark batch: random boxes inside the image (cx, cy, w, h)"
     return dict(boxes=torch.cat([torch.rand(n, 2, generator=g) * .4 + .3, torch.rand(n, 2, generator=g) * .3 + .1], 1))
 
-# %% ../nbs/01a_tasks.ipynb #59efb30a
-_METHOD = dict(agi=True, lam=0.5, gamma=0.5, y_weight=0.5, ablation='none')
+# %% ../nbs/01a_tasks.ipynb #862eca45
 _SYNTH = dict(data='synth', model='tiny', image_res=64, accumulate=1, weight_decay=0.01, warmup=0.1, crop=False,
               num_workers=1, ckpt_every=100, log_every=10, synth_n_train=1000, synth_n_test=200, synth_size=64,
-              synth_clutter=0.5, **_METHOD)
-_CVLUE = dict(data='cvlue', model='base', weight_decay=0.01, **_METHOD)
+              synth_clutter=0.5, agi=True, ablation='none', recipe='clean', randaug=False)
+_CVLUE = dict(data='cvlue', model='base', weight_decay=0.01, agi=True, ablation='none', recipe='baseline')
+_ITR = dict(lam=0.5, gamma=0.5)                 # eq. 10
+_ANSWER = dict(gamma=1.0, y_weight=1.0)         # eq. 14: L_x + L_y + L_2
+_BOX = dict(gamma=1.0, y_weight=0.0)            # eq. 19: L_bbox(X) + L_3
 
-# %% ../nbs/01a_tasks.ipynb #857a8532
+# %% ../nbs/01a_tasks.ipynb #b1efe7d5
 register_task(TaskSpec(
     'itr', 'image-text retrieval', 'itr', 'IC', read_itr, ITRDataset,
     objective='cvlue_nb.losses:itr_loss', predict='cvlue_nb.infer:predict_itr_split', score='cvlue_nb.infer:score_itr',
@@ -148,25 +152,26 @@ register_task(TaskSpec(
     image_check=False, bench_text=dict(tiny=(32, 0), base=(40, 0)),
     presets=dict(
         cvlue=dict(task='itr', image_res=384, batch_size=16, accumulate=4, epochs=10, lr=3e-5, vision_lr=2e-5, text_lr=4e-5,
-                   warmup=0.1, text_max_len=40, k_test=80, batch_size_test=32, hflip=0.5, **_CVLUE),
+                   warmup=0.1, text_max_len=40, k_test=80, batch_size_test=32, hflip=0.5, **_CVLUE, **_ITR),
         synth=dict(task='itr', batch_size=64, max_steps=400, lr=2e-3, text_max_len=40, k_test=16, itc_weight=10.0,
-                   hflip=0.0, **_SYNTH))))
+                   hflip=0.0, **_SYNTH, **_ITR))))
 
-# %% ../nbs/01a_tasks.ipynb #2a9a5367
+# %% ../nbs/01a_tasks.ipynb #24536193
 register_task(TaskSpec(
     'vqa', 'visual question answering', 'vqa', 'VQA', read_vqa, VQADataset,
     objective='cvlue_nb.losses:vqa_loss', predict='cvlue_nb.infer:predict_vqa_split', score='cvlue_nb.infer:score_vqa',
     agi_items='cvlue_nb.generate:vqa_items', texts=vqa_texts, text_field='question', targets=answer_targets,
     random_targets=random_answer_targets, columns={'acc': 'VQA Acc'}, extra_files=('answer_list',),
     infer_kw={'vqa_k': 'vqa_k'}, image_res=768, agi_rewrite=True, bench_text=dict(tiny=(24, 6), base=(40, 8)),
+    recipes={'baseline': dict(eval_hflip=0.5)},  # the baseline's VQA dataset flips validation images too
     legacy={'k_test': 'vqa_k'},
     presets=dict(
         cvlue=dict(task='vqa', image_res=768, batch_size=8, accumulate=16, epochs=5, lr=3e-5, vision_lr=2e-5, text_lr=2e-5,
-                   warmup=0.05, text_max_len=40, vqa_k=128, batch_size_test=8, hflip=0.5, **_CVLUE),
+                   warmup=0.05, text_max_len=40, vqa_k=128, batch_size_test=8, hflip=0.5, **_CVLUE, **_ANSWER),
         # 300 steps learnt only the language prior (image check Δ ≈ 3.5 points); 1000 steps use the image (Δ ≈ 7.5)
-        synth=dict(task='vqa', batch_size=64, max_steps=1000, lr=1e-3, text_max_len=40, vqa_k=16, hflip=0.0, **_SYNTH))))
+        synth=dict(task='vqa', batch_size=64, max_steps=1000, lr=1e-3, text_max_len=40, vqa_k=16, hflip=0.0, **_SYNTH, **_ANSWER))))
 
-# %% ../nbs/01a_tasks.ipynb #f510c760
+# %% ../nbs/01a_tasks.ipynb #146501e1
 register_task(TaskSpec(
     'vd', 'visual dialog', 'vd', 'VD', read_vd, VDDataset,
     objective='cvlue_nb.losses:vd_loss', predict='cvlue_nb.infer:predict_vd_split', score='cvlue_nb.infer:score_vd',
@@ -176,21 +181,21 @@ register_task(TaskSpec(
     bench_text=dict(tiny=(160, 8), base=(256, 8)), legacy={'k_test': None},
     presets=dict(
         cvlue=dict(task='vd', image_res=384, batch_size=8, accumulate=16, epochs=10, lr=3e-5, vision_lr=2e-5, text_lr=2e-5,
-                   warmup=0.05, text_max_len=512, batch_size_test=1, hflip=0.0, **_CVLUE),
-        synth=dict(task='vd', batch_size=64, max_steps=300, lr=1e-3, text_max_len=256, hflip=0.0, **_SYNTH,
+                   warmup=0.05, context_max_len=512, batch_size_test=1, hflip=0.0, **_CVLUE, **_ANSWER),
+        synth=dict(task='vd', batch_size=64, max_steps=300, lr=1e-3, context_max_len=256, hflip=0.0, **_SYNTH, **_ANSWER,
                    model_kw={'text_max_positions': 260}))))
 
-# %% ../nbs/01a_tasks.ipynb #0a9eac03
+# %% ../nbs/01a_tasks.ipynb #e2de3043
 register_task(TaskSpec(
     'vg', 'visual grounding', 'vg', 'VG', read_vg, VGDataset,
     objective='cvlue_nb.losses:vg_loss', predict='cvlue_nb.infer:predict_vg_split', score='cvlue_nb.infer:score_vg',
     agi_items='cvlue_nb.generate:vg_items', texts=vg_texts, targets=box_targets, random_targets=random_box_targets,
-    columns={'miou': 'VG mIoU', 'acc50': 'VG Acc@0.5'}, image_res=384, agi_kind='box',
+    columns={'miou': 'VG mIoU', 'acc50': 'VG Acc@0.5'}, image_res=384, agi_kind='box', randaug_ops='photometric',
     bench_text=dict(tiny=(24, 0), base=(40, 0)),
     presets=dict(
         cvlue=dict(task='vg', image_res=384, batch_size=32, accumulate=4, epochs=10, lr=1e-5, vision_lr=None, text_lr=None,
-                   warmup=0.1, text_max_len=40, batch_size_test=32, hflip=0.5, **_CVLUE),
-        synth=dict(task='vg', batch_size=64, max_steps=300, lr=1e-3, text_max_len=40, hflip=0.0, **_SYNTH))))
+                   warmup=0.1, text_max_len=40, batch_size_test=32, hflip=0.5, **_CVLUE, **_BOX),
+        synth=dict(task='vg', batch_size=64, max_steps=300, lr=1e-3, text_max_len=40, hflip=0.0, **_SYNTH, **_BOX))))
 
 # %% ../nbs/01a_tasks.ipynb #c96c1828
 def _first(folder:Path, names:list):

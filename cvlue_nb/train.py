@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['checkpoints', 'save_checkpoint', 'gather_rng_states', 'resume_point', 'micro_generator', 'Progress', 'total_steps',
-           'Trainer', 'evaluate_test', 'fit', 'parse_args', 'config_from_args', 'format_metrics', 'main',
-           'read_scalars', 'plot_curves', 'itr_examples', 'draw_pred_gold']
+           'Trainer', 'failure_point', 'evaluate_test', 'fit', 'parse_args', 'config_from_args', 'format_metrics',
+           'main', 'read_scalars', 'plot_curves', 'itr_examples', 'draw_pred_gold']
 
-# %% ../nbs/12_train.ipynb #c234e766
+# %% ../nbs/12_train.ipynb #dd2657d4
 import argparse, contextlib, hashlib, json, os, shutil, signal, sys, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -22,7 +22,7 @@ from fastcore.basics import patch
 from .core import CvlueError, DataError, atomic_write_json, atomic_write_text, read_json, seed_everything
 from .config import parse_overrides
 from .tasks import task_names, load_plugins
-from .engine import (setup_distributed, cleanup_distributed, build_optimizer, build_scheduler, ResumableSampler,
+from .engine import (setup_distributed, cleanup_distributed, abort_distributed, build_optimizer, build_scheduler, ResumableSampler,
                              get_rng_state, set_rng_state, save_training_state, load_training_state)
 from .model import build_char_tokenizer, load_tokenizer
 from .infer import evaluate_split
@@ -208,7 +208,7 @@ def checkpoint(self:Trainer):
     if self.main: save_checkpoint(self.run, self.model, self.opt, self.sched, self.cfg.keep_ckpts, rngs, **asdict(self.prog))
     self.barrier()
 
-# %% ../nbs/12_train.ipynb #249dab97
+# %% ../nbs/12_train.ipynb #7f3312a7
 @patch
 def train(self:Trainer):
     "The training loop: micro-batches, accumulation, logging, checkpoints, until `total` optimiser steps"
@@ -224,7 +224,7 @@ def train(self:Trainer):
             for k, v in self.micro_step(loss_batch(cfg.task, b, self.device), sync).items(): acc[k] = acc.get(k, 0.0) + v / cfg.accumulate
             p.seen += 1; p.micro += 1
             if not sync: continue
-            self.optimizer_step(); p.step += 1; bar.update()
+            self.optimizer_step(); p.step += 1; bar.update(); failure_point(self.rank, p.step)
             self.last_losses, acc = acc, {}
             if p.step % cfg.log_every == 0 or p.step == self.total: self.log_step(tb, bar)
             if p.step % cfg.ckpt_every == 0 or p.step == self.total: self.checkpoint()
@@ -232,7 +232,13 @@ def train(self:Trainer):
     bar.close()
     if tb is not None: tb.close()
 
-# %% ../nbs/12_train.ipynb #a6652c74
+# %% ../nbs/12_train.ipynb #26d61bb9
+def failure_point(rank:int, step:int):
+    "Tests of failing fast: raise on rank `$CVLUE_TEST_FAIL_RANK` after step `$CVLUE_TEST_FAIL_AT_STEP`"
+    if os.environ.get('CVLUE_TEST_FAIL_AT_STEP') == str(step) and os.environ.get('CVLUE_TEST_FAIL_RANK', '0') == str(rank):
+        raise RuntimeError(f'planted failure at step {step} on rank {rank} (CVLUE_TEST_FAIL_AT_STEP)')
+
+# %% ../nbs/12_train.ipynb #e0a7a1b4
 @patch
 def tensorboard(self:Trainer):
     "A SummaryWriter on rank 0 (appending after a resume), None elsewhere"
@@ -247,7 +253,7 @@ def log_step(self:Trainer, tb, bar):
     for i, g in enumerate(self.opt.param_groups): tb.add_scalar(f'lr/group{i}', g['lr'], self.prog.step)
     bar.set_postfix({k: f'{v:.3f}' for k, v in self.last_losses.items()})
 
-# %% ../nbs/12_train.ipynb #4714046e
+# %% ../nbs/12_train.ipynb #7b68e9bf
 def evaluate_test(trainer:Trainer) -> dict:
     "Evaluate the trained model on the test split with `cvlue_nb.infer.evaluate_split` (authentic images only)"
     t = trainer
@@ -255,7 +261,7 @@ def evaluate_test(trainer:Trainer) -> dict:
     return evaluate_split(t.cfg.task, t.model, t.tokenizer, t.files['root'], 'test', out_dir=t.run/'submission',
                           device=t.device, image_root=t.files['image_root'], files=files, **infer_settings(t.cfg))
 
-# %% ../nbs/12_train.ipynb #f1b7eab7
+# %% ../nbs/12_train.ipynb #5ea48e92
 @patch
 def finish(self:Trainer) -> dict:
     "Save the final weights, evaluate, write metrics.json; returns the metrics record"
@@ -271,7 +277,7 @@ def finish(self:Trainer) -> dict:
     self.barrier()
     return rec
 
-# %% ../nbs/12_train.ipynb #3c5a1c02
+# %% ../nbs/12_train.ipynb #1b1b3cb4
 def fit(cfg:TrainConfig,         # the run's configuration
         evaluate=None,           # evaluate(trainer) → metrics dict (None: `evaluate_test`)
         progress:bool=True       # progress bars on rank 0
@@ -283,10 +289,12 @@ def fit(cfg:TrainConfig,         # the run's configuration
         t.prepare_data(); t.prepare_model(); t.prepare_loader(); t.start_or_resume()
         if t.prog.step < t.total: t.train()
         else: t.log(f'{t.run}: already trained ({t.prog.step} steps); evaluating')
-        return t.finish()
-    finally: cleanup_distributed()
+        rec = t.finish()
+    except BaseException as e: abort_distributed(e)  # torchrun: this rank's message, exit now (no barrier); else re-raised
+    cleanup_distributed()  # only after success: its barrier would make a failing rank wait for the others
+    return rec
 
-# %% ../nbs/12_train.ipynb #d5cce3db
+# %% ../nbs/12_train.ipynb #1d11a88a
 def parse_args(argv:list[str]|None=None) -> argparse.Namespace:
     "The command line of `python -m cvlue_nb.train`"
     p = argparse.ArgumentParser(prog='python -m cvlue_nb.train', description=(
@@ -304,7 +312,7 @@ def parse_args(argv:list[str]|None=None) -> argparse.Namespace:
     p.add_argument('overrides', nargs='*', metavar='key=value', help='any TrainConfig setting')
     return p.parse_intermixed_args(argv)
 
-# %% ../nbs/12_train.ipynb #a80eabfb
+# %% ../nbs/12_train.ipynb #ec74b00a
 def config_from_args(a:argparse.Namespace) -> TrainConfig:
     "Resolve the configuration of a parsed command line"
     ov = parse_overrides(a.overrides)
@@ -312,7 +320,7 @@ def config_from_args(a:argparse.Namespace) -> TrainConfig:
         if getattr(a, k) is not None: ov[k] = getattr(a, k)
     return resolve_config(a.task, a.data, a.config, ov)
 
-# %% ../nbs/12_train.ipynb #6d4cae86
+# %% ../nbs/12_train.ipynb #4caab1b6
 def format_metrics(rec:dict) -> str:
     "Human-readable summary of a metrics record"
     m = ', '.join(f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}' for k, v in (rec.get('metrics') or {}).items())
@@ -331,7 +339,7 @@ def main(argv:list[str]|None=None): # command-line arguments (default: sys.argv[
     if int(os.environ.get('RANK', 0)) == 0:
         print(format_metrics(rec)); print(json.dumps(rec['metrics'], ensure_ascii=False))
 
-# %% ../nbs/12_train.ipynb #d066054b
+# %% ../nbs/12_train.ipynb #38a79ae2
 def read_scalars(run:str|Path # a run folder (with `tb/`)
                 ) -> dict:    # tag → (steps, values), every scalar the run logged
     "The scalars of a run's TensorBoard logs (resumed runs: all event files, later values win per step)"
@@ -344,7 +352,7 @@ def read_scalars(run:str|Path # a run folder (with `tb/`)
         for t in ea.Tags()['scalars']: out.setdefault(t, {}).update({e.step: e.value for e in ea.Scalars(t)})
     return {t: (sorted(d), [d[s] for s in sorted(d)]) for t, d in out.items()}
 
-# %% ../nbs/12_train.ipynb #dd5d135d
+# %% ../nbs/12_train.ipynb #d288bbb7
 def plot_curves(runs:dict,          # label → run folder
                 tags:list|None=None, # scalar tags (default: every `train/…` loss)
                 ncols:int=3):        # panels per row
@@ -362,7 +370,7 @@ def plot_curves(runs:dict,          # label → run folder
     axs.flat[0].legend(fontsize=7); fig.tight_layout()
     return fig
 
-# %% ../nbs/12_train.ipynb #df483d7c
+# %% ../nbs/12_train.ipynb #134cc1c8
 def itr_examples(gold_file:str|Path,  # ITR gold: [{image, caption: [...]}]
                  i2t_file:str|Path,   # i2t_submit.json: image → ranked captions
                  n:int=4,             # how many test images
@@ -379,7 +387,7 @@ def itr_examples(gold_file:str|Path,  # ITR gold: [{image, caption: [...]}]
     return [dict(image=im, rank=first_hit(sub[im], i2t_gold[im]),
                  top=[(c, c in i2t_gold[im]) for c in sub[im][:k]]) for im in pick]
 
-# %% ../nbs/12_train.ipynb #e2ee8146
+# %% ../nbs/12_train.ipynb #78b0e356
 def draw_pred_gold(image,              # a PIL image (or a path)
                    gold:list[float],   # gold box [x, y, w, h], pixels
                    pred:list[float]):  # predicted box [x, y, w, h], pixels
@@ -389,5 +397,5 @@ def draw_pred_gold(image,              # a PIL image (or a path)
     im = draw_grounding_agi(im, gold, colour=(0, 200, 0))
     return draw_grounding_agi(im, pred, colour=(230, 0, 0)) if len(pred) == 4 and pred[2] > 0 and pred[3] > 0 else im
 
-# %% ../nbs/12_train.ipynb #21423d95
+# %% ../nbs/12_train.ipynb #c61f4d20
 if __name__ == '__main__' and Path(globals().get('__file__', '')).name == 'train.py': main()

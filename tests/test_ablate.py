@@ -27,12 +27,15 @@ def cli(args, env, timeout=240):
 # --- the registry -------------------------------------------------------------------------------------------------
 def test_registry_maps_each_arm_to_its_agi_config():
     want = {'baseline': (False, 'none'), 'agi': (True, 'none'), 'no_kl': (True, 'no_kl'), 'no_cos': (True, 'no_cos'),
-            'cos_l2': (True, 'cos_l2'), 'noise': (True, 'noise'), 'random': (True, 'random')}
+            'cos_l2': (True, 'cos_l2'), 'noise': (True, 'noise'), 'random': (True, 'random'), 'agi_weighted': (True, 'none')}
+    paper = dict(itr=(0.5, 0.5, None), vqa=(None, 1.0, 1.0), vd=(None, 1.0, 1.0), vg=(None, 1.0, 0.0))  # eqs. 10, 14, 19
     assert list(ab.VARIANTS) == list(want)
     for name, (enabled, abl) in want.items():
         for task in ab.VARIANTS[name].tasks:
-            c = ab.agi_config(name, task, lam=0.5, gamma=0.5)
-            assert (c.enabled, c.ablation, c.lam, c.gamma) == (enabled, abl, 0.5, 0.5), (name, task)
+            c = ab.agi_config(name, task)
+            lam, gamma, yw = paper[task] if name != 'agi_weighted' else (None, 0.5, 0.5)
+            assert (c.enabled, c.ablation) == (enabled, abl), (name, task)
+            assert (lam is None or c.lam == lam) and c.gamma == gamma and (yw is None or c.y_weight == yw), (name, task, c)
     assert ab.VARIANTS['no_cos'].tasks == ab.VARIANTS['cos_l2'].tasks == ('itr',)
     assert ab.VARIANTS['noise'].tasks == ab.VARIANTS['random'].tasks == ab.TASKS
     with pytest.raises(CvlueError, match='exists only for itr'): ab.create_variant('no_cos', 'vg')

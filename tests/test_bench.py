@@ -92,3 +92,19 @@ def test_tasks_come_from_the_registry():
     finally:
         for n in ('vg_copy', 'vg_nobench'): TASKS.pop(n, None)
     assert bench.cvlue_batch('vg') == get_task('vg').presets['cvlue']['batch_size'] == 32
+
+
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    "tools/gpu_check.py (the GPU check of issue 12) runs its code path on a CPU; on a machine without CUDA it says so"
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, 'tools/gpu_check.py', '--device', 'cpu', '--preset', 'tiny', '--steps', '1',
+                        '--tasks', 'vg', '--out', str(tmp_path/'gc.json')], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path/'gc.json').read_text())
+    assert [(x['task'], x['steps']) for x in res['rows']] == [('vg', 1), ('vg', 1)] and res['diffusers']['diffusers_images'] == 2
+    import torch
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, 'tools/gpu_check.py'], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and 'no CUDA device here' in r.stderr

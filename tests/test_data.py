@@ -1,9 +1,9 @@
 "CLI round-trips of `python -m cvlue_nb.data validate` and property checks of the CVLUE data layer."
-import json, os, subprocess, sys, warnings
+import json, os, re, subprocess, sys, warnings
 from pathlib import Path
 import pytest, torch
 from PIL import Image
-from cvlue_nb.core import DataError
+from cvlue_nb.core import CvlueError, DataError
 from cvlue_nb.data import *
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,10 +33,12 @@ def cli(tmp_path_factory, sample_dir):
     res = {}
     jobs = {name: build(tmp_path_factory.mktemp(name)) for name, build in CASES.items()}
     if sample_dir is not None: jobs |= {name: build(sample_dir) for name, build in REAL_CASES.items()}
-    for name, (args, files) in jobs.items():
+    def run(args):
         r = subprocess.run([sys.executable, '-m', 'cvlue_nb.data', *map(str, args)], cwd=ROOT, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
-        res[name] = (r.returncode, r.stdout, files)
+        return r.returncode, r.stdout
+    for name, (args, files) in jobs.items():   # a builder may return several argument lists: then [(rc, out), ...]
+        res[name] = ([run(a) for a in args], files) if args and isinstance(args[0], list) else (*run(args), files)
     return res
 
 def test_import_does_not_load_torch():
@@ -280,3 +282,200 @@ def test_collate_with_hf_tokenizer():
     assert b['options_ids'].shape[:2] == (2, 2) and b['has_box'].tolist() == [True, False] and b['text'][1] == '一只猫'
     raw = Collate()(samples)
     assert 'text_ids' not in raw and raw['options'] == [s['options'] for s in samples]
+
+# ---------------------------------------------------------------- issue 13: VD layouts, path maps, decoding, symlinks
+def _png(path, size=(48, 48), seed=0):
+    "A PNG of noise (so it does not compress to a few bytes)"
+    import numpy as np
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+def tiny_vd(n_opts=100, image='images/val/A/x.png'):
+    "Object-form VD: two dialogs; the second's last round has an answer and `n_opts` options (the training shape)"
+    return dict(dialogs=[dict(image_id=7, image=image, caption='一个红色的圆', dialog=[dict(question=0, answer=1), dict(question=1, answer=2)]),
+                         dict(image_id=8, image=image, caption='两个蓝色的方块', dialog=[dict(question=2, answer=3),
+                              dict(question=3, answer=5, answer_options=list(range(5, 5 + n_opts)))])],
+                id2question={str(k): f'问题{k}？' for k in range(4)}, id2answer={str(k): f'答案{k}。' for k in range(120)})
+
+@case
+def vd_options(d):
+    t99, dup, nogold = tiny_vd(99), tiny_vd(), tiny_vd()
+    dup['dialogs'][1]['dialog'][1]['answer_options'][7] = 5
+    nogold['dialogs'][1]['dialog'][1]['answer'] = 4
+    gold = dict(data=[dict(image_id=3, image='images/a.png', caption='c', dialog_id=2, question=1, answer_options=list(range(99)), answer=3)])
+    f = {n: wj(d/f'{n}.json', o) for n, o in dict(t99=t99, dup=dup, nogold=nogold, gold=gold, ok=tiny_vd()).items()}
+    return ['validate', '--task', 'vd', *f.values()], f
+
+def test_cli_vd_options_must_be_100_distinct_with_gold(cli):
+    rc, out, f = cli['vd_options']
+    assert rc == 1 and 'Traceback' not in out, out
+    assert_lines(out, f['t99'], 't99.json[1].dialog[1].answer_options: 99 answer options, expected 100 (image_id 8)')
+    assert_lines(out, f['dup'], 'dup.json[1].dialog[1].answer_options[7]: answer id 5 repeats dialog[1].answer_options[0] (image_id 8)')
+    assert_lines(out, f['nogold'], 'nogold.json[1].dialog[1].answer: answer 4 is not among answer_options (image_id 8)')
+    assert_lines(out, f['gold'], 'gold.json[0].answer_options: 99 answer options, expected 100 (image_id 3)')
+    assert f"{f['ok']}: vd dialogs file, 2 records: clean" in out
+
+@case
+def truncated_png(d):
+    for k in range(3): _png(d/'images'/f'{k}.png', seed=k)
+    raw = (d/'images'/'2.png').read_bytes(); (d/'images'/'2.png').write_bytes(raw[:len(raw) // 2])
+    raw = (d/'images'/'1.png').read_bytes(); (d/'images'/'1.png').write_bytes(raw[:-20])   # only the end (IEND) is cut
+    recs = [dict(image='images/0.png', question_id=k, question='几个？', answer='2') for k in range(2)] + \
+           [dict(image=f'images/{k}.png', question_id=10 + k, question='几个？', answer='2') for k in (1, 2)]
+    f = dict(vqa=wj(d/'vqa.json', recs))
+    return ['validate', '--task', 'vqa', f['vqa'], '--image-root', d], f
+
+def test_cli_truncated_png_is_named(cli):
+    rc, out, f = cli['truncated_png']
+    assert rc == 1 and 'Traceback' not in out, out
+    assert_lines(out, f['vqa'], 'vqa.json[2].image: cannot decode image', 'vqa.json[3].image: cannot decode image')
+    assert re.search(r'vqa\.json\[3\]\.image: cannot decode image .*2\.png: .*[Tt]runcated', out), out
+    assert 'vqa.json[0]' not in out and 'vqa.json[1].' not in out and '2 problems in 2 records' in out
+
+def test_decode_error_names_truncation(tmp_path):
+    p = _png(tmp_path/'a.png'); raw = p.read_bytes()
+    assert decode_error(p) is None
+    for cut in (len(raw) // 2, len(raw) - 20, 60):
+        p.write_bytes(raw[:cut]); err = decode_error(p)
+        assert err and err.startswith(f'cannot decode image {p}') and 'runcated' in err, (cut, err)
+    p.write_bytes(b'\x89PNG not really'); assert 'cannot decode image' in decode_error(p)
+    assert 'not found' in decode_error(tmp_path/'gone.png')
+
+def _linked_root(d):
+    "The guide's layout: $DATA/images is a symlink to the downloaded images; one file inside is a symlink too"
+    dl = d/'download'/'images'
+    for k in range(2): _png(dl/'A'/f'{k}.png', (30, 20), k)
+    _png(d/'elsewhere'/'z.png', (30, 20), 9); (dl/'A'/'z.png').symlink_to(d/'elsewhere'/'z.png')
+    (d/'data').mkdir(); (d/'data'/'images').symlink_to(dl, target_is_directory=True)
+    return d/'data'
+
+@case
+def symlinked_images(d):
+    root = _linked_root(d); imgs = [f'images/A/{n}.png' for n in ('0', '1', 'z')]
+    vd = tiny_vd(image=imgs[0]); vd['dialogs'][1]['image'] = imgs[2]
+    f = dict(itr=wj(d/'itr.json', [dict(image=p, caption=['一只猫'], image_id=k) for k, p in enumerate(imgs)]),
+             vqa=wj(d/'vqa.json', [dict(image=p, question_id=k, question='几只？', answer='1') for k, p in enumerate(imgs)]),
+             vg=wj(d/'vg.json', [dict(ref_id=k, image=p, text='左边', width=30, height=20, bbox=[1, 1, 5, 5]) for k, p in enumerate(imgs)]),
+             vd=wj(d/'vd.json', vd), esc=wj(d/'esc.json', [dict(image='images/../../elsewhere/z.png', caption=['x'], image_id=1)]))
+    return [['validate', '--task', t, f[t], '--image-root', root] for t in ('itr', 'vqa', 'vg', 'vd')] + \
+           [['validate', '--task', 'itr', f['esc'], '--image-root', root]], f
+
+def test_cli_symlinked_image_folder_is_followed(cli):
+    runs, f = cli['symlinked_images']
+    for (rc, out), t in zip(runs[:4], ('itr', 'vqa', 'vg', 'vd')):
+        assert rc == 0 and out.strip().endswith(': clean') and 'escapes' not in out, out
+    rc, out = runs[4]                                  # a textual `..` is still refused
+    assert rc == 1 and "esc.json[0].image: image path 'images/../../elsewhere/z.png' escapes the image root ('..')" in out, out
+
+def test_readers_and_datasets_follow_symlinks(tmp_path):
+    root = _linked_root(tmp_path)
+    recs = [dict(ref_id=k, image=f'images/A/{n}.png', text='左边', width=30, height=20, bbox=[1, 1, 5, 5]) for k, n in enumerate(('0', 'z'))]
+    items = read_vg(wj(tmp_path/'vg.json', recs), image_root=root)
+    ds = VGDataset(items, root, image_res=8)
+    assert ds[1]['image'].shape == (3, 8, 8) and load_image(root/'images/A/z.png').size == (30, 20)
+
+# ---------------------------------------------------------------- the organisers' VD training layout
+@case
+def vd_bare_list(d):
+    org = write_vd_organiser_format(tiny_vd(), d/'o1', name='train')
+    (d/'o2').mkdir(); (d/'o2'/'train.json').write_text(org.dialogs.read_text('utf-8'), 'utf-8')         # tables given by flag
+    vis = write_vd_organiser_format(tiny_vd(), d/'o3', name='dialogs', tables_style='visdial')
+    (vis.tables).rename(d/'o3'/'tables.json')                                                       # the second name looked for
+    (d/'o4').mkdir(); (d/'o4'/'train.json').write_text(org.dialogs.read_text('utf-8'), 'utf-8')         # no tables anywhere
+    f = dict(flag=d/'o2'/'train.json', beside=org.dialogs, tables_json=vis.dialogs, none=d/'o4'/'train.json')
+    return [['validate', '--task', 'vd', f['beside'], f['tables_json']],
+            ['validate', '--task', 'vd', f['flag'], '--vd-tables', org.tables],
+            ['validate', '--task', 'vd', f['none']],
+            ['validate', '--task', 'vd', org.tables]], f
+
+def test_cli_vd_bare_list_with_tables(cli):
+    runs, f = cli['vd_bare_list']
+    (rc, out), (rc2, out2), (rc3, out3), (rc4, out4) = runs
+    assert rc == 0 and out.count('vd dialogs file, 2 records: clean') == 2, out
+    assert rc2 == 0 and 'vd dialogs file, 2 records: clean' in out2, out2
+    assert rc3 == 1 and 'needs the question/answer tables: none given (tables= or --vd-tables FILE) and no train_tables.json or tables.json in' in out3, out3
+    assert rc4 == 0 and 'vd question/answer tables file, 124 records: clean' in out4, out4
+
+@real_case
+def real_vd_bare(s):
+    return ['validate', '--task', 'vd', s/'test_example/VD/test_VD.json', '--vd-tables', s/'test_example/VD/test_VD.json'], {}
+
+@pytest.mark.sample('`validate --vd-tables` taking the tables of the real test_VD.json')
+def test_cli_real_vd_tables_flag(sample, cli):
+    rc, out, _ = cli['real_vd_bare']
+    assert rc == 0 and out.strip().endswith('2 records: clean'), out
+
+def test_vd_bare_list_reader(tmp_path):
+    t = tiny_vd(); wj(tmp_path/'train.json', t['dialogs'])
+    with pytest.raises(DataError, match=r'train\.json: a bare list of dialogs needs .*no train_tables\.json or tables\.json in'): read_vd(tmp_path/'train.json')
+    lists = {'questions': [t['id2question'][str(k)] for k in range(4)], 'answers': [t['id2answer'][str(k)] for k in range(120)]}
+    ints = {n: {int(k): v for k, v in t[n].items()} for n in ('id2question', 'id2answer')}
+    for tables in (wj(tmp_path/'id2.json', {n: t[n] for n in ('id2question', 'id2answer')}),   # a file, str keys
+                   ints,                                                                      # a parsed object, int keys
+                   wj(tmp_path/'visdial.json', lists), wj(tmp_path/'visdial_v1.json', {'version': '1.0', 'data': lists})):
+        v = read_vd(tmp_path/'train.json', tables=tables)
+        assert v.id2question == {k: f'问题{k}？' for k in range(4)} and v.dialogs[1].rounds[1].answer_options == list(range(5, 105))
+    t['dialogs'][1]['dialog'][0]['question'] = 9; wj(tmp_path/'train.json', t['dialogs'])
+    wj(tmp_path/'train_tables.json', {'id2question': t['id2question'], 'id2answer': t['id2answer']})
+    with pytest.raises(DataError) as e: read_vd(tmp_path/'train.json')
+    assert str(e.value).startswith(f"{tmp_path/'train.json'}[1].dialog[0].question: question id 9 not in id2question (image_id 8; tables: {tmp_path/'train_tables.json'})")
+    wj(tmp_path/'train_tables.json', {'id2question': {'0': 'q', 'zero': 'q'}, 'id2answer': []})
+    with pytest.raises(DataError, match=r"train_tables\.json\.id2question\['zero'\]: id is not an integer"): read_vd(tmp_path/'train.json')
+
+def test_vd_organiser_format_on_the_synthetic_world(tmp_path):
+    "The dress-rehearsal fixture: synthetic VD val (options on every answered round) → the organisers' layout → same data"
+    from cvlue_nb.synth import generate
+    ds = tmp_path/'synth'; generate(ds, 0, 2, 3, 2, 32, progress=False)
+    org = write_vd_organiser_format(ds/'VD'/'val.json', ds/'VD_org', name='train')
+    assert org.path_map == 'pics/mosaiced-nocopy=images/val'
+    raw = json.loads(org.dialogs.read_text('utf-8'))
+    assert isinstance(raw, list) and raw[0]['image'].startswith('pics/mosaiced-nocopy/val_') and len(raw[0]['dialog']) == 10
+    assert all(list(r) == ['answer', 'question', 'answer_options'] and len(r['answer_options']) == 100 for r in raw[0]['dialog'])
+    with pytest.raises(DataError, match=r'train\.json\[0\]\.image: image file not found: .*pics/mosaiced-nocopy/val_00000\.png'):
+        read_vd(org.dialogs, image_root=ds)
+    got, want = read_vd(org.dialogs, image_root=ds, path_map=[org.path_map]), read_vd(ds/'VD'/'val.json', image_root=ds)
+    assert got.dialogs == want.dialogs and got.id2question == want.id2question and got.id2answer == want.id2answer
+    assert validate('vd', org.dialogs, ds, path_map=org.path_map) == []
+    assert len(VDDataset(got, ds, image_res=8)) == 3 * 10
+
+# ---------------------------------------------------------------- the image-path map, in every reader
+def test_path_map_in_every_reader(tmp_path):
+    for n in ('a', 'b'): _png(tmp_path/'images'/'train-valid'/'B'/f'{n}.png', (40, 30))
+    pics = lambda n: f'pics/mosaiced-nocopy/B/{n}.png'
+    pm, want = 'pics/mosaiced-nocopy/=images/train-valid/', lambda n: f'images/train-valid/B/{n}.png'
+    itr = wj(tmp_path/'itr.json', [dict(image=pics('a'), caption=['x'], image_id=1)])
+    gold = wj(tmp_path/'gold.json', [dict(image=pics('a'), caption=['x'])])
+    imgs, caps = wj(tmp_path/'images.json', [pics('a'), pics('b')]), wj(tmp_path/'captions.json', ['x', 'y'])
+    vqa = wj(tmp_path/'vqa.json', [dict(image=pics('b'), question_id=1, question='几个？', answer='2')])
+    vg = wj(tmp_path/'vg.json', [dict(ref_id=1, image=pics('a'), text='左边', width=40, height=30, bbox=[1, 1, 5, 5])])
+    vdg = wj(tmp_path/'vdg.json', dict(data=[dict(image_id=1, image=pics('b'), caption='c', dialog_id=1, question=0, answer_options=list(range(100)), answer=3)]))
+    vd = wj(tmp_path/'vd.json', tiny_vd(image=pics('a')))
+    for spec in (pm, [pm], {'pics/mosaiced-nocopy': 'images/train-valid'}, PathMap(pm)):
+        kw = dict(image_root=tmp_path, path_map=spec)
+        assert read_itr(itr, **kw)[0].image == want('a')
+        g = read_itr_gold(gold, **kw)[0]; assert (g.image, g.image_id) == (want('a'), pics('a'))   # the id stays the file's
+        t = read_itr_test(imgs, caps, **kw); assert (t.images, t.image_ids) == ([want('a'), want('b')], [pics('a'), pics('b')])
+        assert read_vqa(vqa, **kw)[0].image == want('b') and read_vqa_gold(vqa, **kw)[0].image == want('b')
+        assert read_vg(vg, **kw)[0].image == want('a') and read_vg_gold(vg, **kw)[0].image == want('a')
+        assert read_vd(vd, **kw).dialogs[1].image == want('a') and read_vd_gold(vdg, **kw)[0].image == want('b')
+        assert read_answer_list(wj(tmp_path/'al.json', {'是': 1}), path_map=spec) == {'是': 1}
+    with pytest.raises(DataError, match=r"vg\.json\[0\]\.image: image file not found: .*pics/mosaiced-nocopy/B/a\.png"): read_vg(vg, tmp_path)
+    assert read_itr_test(imgs, caps).image_ids == [pics('a'), pics('b')]      # no map: ids and paths agree
+    assert PathMap(['pics=/abs/pics', 'pics/mosaiced-nocopy=images'])('pics/mosaiced-nocopy/x.png') == 'images/x.png'  # longest OLD wins
+    assert PathMap('pics=/abs/pics')('pics2/x.png') == 'pics2/x.png'          # whole folders only
+    with pytest.raises(CvlueError, match='is not OLD=NEW'): PathMap(['pics'])
+
+@case
+def path_map_cli(d):
+    _png(d/'images'/'train-valid'/'B'/'a.png')
+    vqa = wj(d/'vqa.json', [dict(image='pics/mosaiced-nocopy/B/a.png', question_id=1, question='几个？', answer='2')])
+    return [['validate', '--task', 'vqa', vqa, '--image-root', d, '--path-map', 'pics/mosaiced-nocopy=images/train-valid', '--path-map', 'x=y'],
+            ['validate', '--task', 'vqa', vqa, '--image-root', d],
+            ['validate', '--task', 'vqa', vqa, '--path-map', 'no-equals-sign']], {'vqa': vqa}
+
+def test_cli_path_map(cli):
+    (rc, out), (rc2, out2), (rc3, out3) = cli['path_map_cli'][0]
+    assert rc == 0 and out.strip().endswith('1 record: clean'), out
+    assert rc2 == 1 and 'vqa.json[0].image: image file not found' in out2, out2
+    assert rc3 == 2 and "path map rule 'no-equals-sign' is not OLD=NEW" in out3 and 'Traceback' not in out3, out3

@@ -116,7 +116,7 @@ def test_clear_errors(ds, tmp_path, capsys):
     assert err.startswith('error: ') and 'Traceback' not in err
     assert main(['--task', 'vqa', '--data', str(ds), '--out', str(tmp_path/'o2'), '--rewriter', 'llm',
                  '--llm-base-url', 'http://127.0.0.1:9/v1', '--llm-model', 'm', '--llm-retries', '0']) == 1
-    assert 'did not answer a probe request' in capsys.readouterr().err
+    assert 'cannot be used' in capsys.readouterr().err
     assert main(['--task', 'itr', '--data', str(ds), '--out', str(tmp_path/'o3'), '--backend', 'diffusers']) == 1
     assert '--model' in capsys.readouterr().err
 

@@ -228,3 +228,123 @@ def test_make_rewriter(monkeypatch, key_env):
         assert rw.rewrite(PAIRS[3]).text == '有三个人。' and srv.requests[0]['model'] == 'env-model'
         assert srv.requests[0]['temperature'] == 0
         assert srv.requests[0]['messages'][0]['content'].startswith('请你把下面的问答转化为陈述句:')
+
+# ---------------------------------------------------------------- issue 13: transient vs fatal at the start of a job
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+from cvlue_nb.prompts import LLMFatalError, ProbeResult, probe_llm, start_rewriter, error_kind
+
+@contextmanager
+def scripted_server(responses, n_max=20, hang_s=1.5):
+    """An OpenAI-compatible server written here, independent of `ScriptedChatServer`: one thread that accepts at
+    most `n_max` requests (each answered on its own thread, so a hang blocks nobody else) and then stops by itself. `responses[k]` answers request k: an HTTP status,
+    'hang' (sleep past the client timeout, then answer), 'malformed' (200 with broken JSON); afterwards a valid
+    completion that echoes the rule rewrite of the prompt's QA pair (`_default_reply`)."""
+    from cvlue_nb.prompts import _default_reply
+    seen, lock = [], threading.Lock()
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a): pass
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers.get('Content-Length', 0))))
+            with lock: k = len(seen); seen.append((self.path, body, self.headers.get('Authorization')))
+            act = responses[k] if k < len(responses) else 'ok'
+            if act == 'hang': time.sleep(hang_s)
+            if isinstance(act, int): code, out = act, {'error': {'message': f'status {act} for {self.headers.get("Authorization")}'}}
+            elif act == 'malformed': code, out = 200, b'{"choices": [{"message": {"content": '
+            else: code, out = 200, {'id': 'c', 'object': 'chat.completion', 'created': 0, 'model': body['model'], 'choices': [
+                      {'index': 0, 'message': {'role': 'assistant', 'content': _default_reply(body['messages'][-1]['content'])}, 'finish_reason': 'stop'}]}
+            data = out if isinstance(out, bytes) else json.dumps(out, ensure_ascii=False).encode()
+            try:
+                self.send_response(code); self.send_header('Content-Type', 'application/json'); self.send_header('Content-Length', str(len(data)))
+                self.end_headers(); self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError): pass   # the client gave up on a hang
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), H); httpd.timeout, httpd.daemon_threads = 0.2, True
+    def serve():
+        t_end = time.monotonic() + 60                              # and never longer than a minute
+        while len(seen) < n_max and time.monotonic() < t_end: httpd.handle_request()
+    th = threading.Thread(target=serve, daemon=True); th.start()
+    try: yield f'http://127.0.0.1:{httpd.server_address[1]}/v1', seen
+    finally:
+        n_max = 0; th.join(5); httpd.server_close()
+
+FLAKY = [429, 500, 'hang', 'malformed']
+
+def test_transient_failures_at_start_are_retried_and_llm_answers_win(key_env):
+    with scripted_server(FLAKY) as (url, seen):
+        llm = _llm(url, key_env, max_retries=4, timeout=0.5, concurrency=1)
+        t = time.perf_counter()
+        assert start_rewriter(llm, required=True) == ProbeResult(True, False, None)   # waited out the four failures
+        assert len(seen) == 5 and time.perf_counter() - t < 10
+        res = llm.rewrite_many(PAIRS)
+        assert [r.source for r in res] == ['llm'] * len(PAIRS) and not any(r.fell_back for r in res)
+        assert res[0].text == '有两只大熊猫。' and llm.stats['llm'] == len(PAIRS) and llm.stats['errors'] == 4
+        assert all(p == '/v1/chat/completions' and a == f'Bearer {KEY}' for p, _, a in seen)
+
+def test_transient_failures_outlasting_the_probe_are_not_fatal(key_env):
+    "With 3 retries the probe sees only the four failures: not ok, not fatal; the job goes on and gets LLM answers"
+    with scripted_server(FLAKY) as (url, seen):
+        llm = _llm(url, key_env, max_retries=3, timeout=0.5, concurrency=2)
+        r = start_rewriter(llm, required=True)
+        assert (r.ok, r.fatal) == (False, False) and 'Error' in r.error and len(seen) == 4 and not llm.down
+        res = llm.rewrite_many(PAIRS)
+        assert [r.source for r in res] == ['llm'] * len(PAIRS)
+
+def test_no_probe_needed_items_retry_through_the_same_failures(key_env):
+    with scripted_server(FLAKY) as (url, seen):
+        res = _llm(url, key_env, max_retries=4, timeout=0.5, concurrency=3).rewrite_many(PAIRS)
+        assert [r.source for r in res] == ['llm'] * len(PAIRS) and len(seen) == len(PAIRS) + 4
+
+@pytest.mark.parametrize('status', [401, 403, 404])
+def test_client_errors_are_fatal_at_start_and_found_fast(status, key_env):
+    with scripted_server([status] * 5) as (url, seen):
+        t = time.perf_counter()
+        r = probe_llm(_llm(url, key_env, backoff=5.0, max_retries=5))     # one retry would take 5 s
+        assert (r.ok, r.fatal, len(seen)) == (False, True, 1) and time.perf_counter() - t < 4.0
+        assert KEY not in r.error and str(status) in r.error             # the server echoed the key: scrubbed
+        with pytest.raises(LLMFatalError, match='cannot be used') as e: start_rewriter(_llm(url, key_env), required=True)
+        assert KEY not in str(e.value) and len(seen) == 2
+
+def test_refused_connection_is_fatal_at_start(key_env):
+    t = time.perf_counter()
+    r = probe_llm(_llm(_closed_port_url(), key_env, backoff=5.0, max_retries=5))   # one retry would take 5 s
+    assert (r.ok, r.fatal) == (False, True) and time.perf_counter() - t < 4.0
+    with pytest.raises(LLMFatalError): start_rewriter(_llm(_closed_port_url(), key_env), required=True)
+
+def test_auto_never_stops_and_counts_the_fallback(key_env, caplog):
+    caplog.set_level(logging.ERROR, logger='cvlue_nb.prompts')
+    with scripted_server([401] * 10) as (url, seen):
+        llm = _llm(url, key_env)
+        assert start_rewriter(llm).fatal and len(seen) == 1
+        res = llm.rewrite_many(PAIRS)
+        assert [r.source for r in res] == ['rules'] * len(PAIRS) and llm.stats['fell_back'] == len(PAIRS)
+        assert len(seen) == 1                                             # no more requests after the fatal probe
+    assert sum('using the rule-based rewriter for every item' in m for m in caplog.messages) == 1
+
+def test_busy_server_is_transient_forever(key_env):
+    with ScriptedChatServer(default=429, max_requests=10) as srv:
+        r = start_rewriter(_llm(srv, key_env, max_retries=2), required=True)   # does not raise
+        assert (r.ok, r.fatal, len(srv.requests)) == (False, False, 3)
+
+def test_scripted_server_stops_by_itself(key_env):
+    with ScriptedChatServer(max_requests=2) as srv:
+        llm = _llm(srv, key_env, max_retries=0, timeout=1)
+        assert [r.source for r in llm.rewrite_many(PAIRS[:2])] == ['llm', 'llm']
+        assert llm.rewrite(PAIRS[2]).fell_back and srv.stopped           # the third request got 503, then it stopped
+        for _ in range(100):                                             # the stop runs on its own thread
+            if srv.httpd.socket.fileno() == -1: break
+            time.sleep(0.05)
+        assert probe_llm(_llm(srv, key_env, max_retries=0)).fatal         # nothing listens any more
+
+def test_error_kinds():
+    import httpx, openai
+    req = httpx.Request('POST', 'http://x/v1/chat/completions')
+    def status(code): return openai.APIStatusError('x', response=httpx.Response(code, request=req), body=None)
+    assert [error_kind(status(c)) for c in (400, 401, 403, 404, 405, 422, 408, 409, 429, 500, 502, 503)] == \
+           ['fatal'] * 6 + ['retry'] * 6
+    assert error_kind(openai.APITimeoutError(request=req)) == 'retry' and error_kind(ValueError('bad json')) == 'retry'
+    try:
+        try: raise ConnectionRefusedError(111, 'refused')
+        except ConnectionRefusedError as c: raise openai.APIConnectionError(request=req) from c
+    except openai.APIConnectionError as e: assert error_kind(e) == 'down'
+    assert error_kind(openai.APIConnectionError(request=req)) == 'retry'     # dropped mid-reply: transient

@@ -146,3 +146,37 @@ def test_registered_task_trains_and_evaluates_through_the_cli(env, tmp_path):
     assert json.loads(inf.stdout.strip().splitlines()[-1]) == m['metrics']  # the run's own evaluation settings
     unknown = train(['--task', 'itr_copy'], env, timeout=120)   # without the plugin the task does not exist
     assert unknown.returncode != 0 and 'itr_copy' in unknown.stderr
+
+
+def torchrun(args, env, timeout=180, **extra):
+    "Run `torchrun --nproc_per_node 2 -m cvlue_nb.train ARGS`; returns (CompletedProcess, seconds)"
+    import time
+    t0 = time.time()
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                        '-m', 'cvlue_nb.train', *args], env=dict(env, **extra), cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout)
+    return r, time.time() - t0
+
+
+def test_failure_on_one_rank_ends_the_job_promptly(env, tmp_path):
+    "Rank 1 raises after step 2 of 50: the job exits non-zero within 60 s and shows rank 1's message"
+    r, secs = torchrun(['--task', 'itr', *SMALL, 'max_steps=50', f'out={tmp_path/"run"}'], env,
+                       CVLUE_TEST_FAIL_AT_STEP='2', CVLUE_TEST_FAIL_RANK='1')
+    print(f'planted failure: exit {r.returncode} after {secs:.1f} s')
+    assert r.returncode != 0 and secs < 60, (r.returncode, secs, r.stderr[-2000:])
+    assert 'error on rank 1: planted failure at step 2 on rank 1' in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path/'run'/'metrics.json').exists()
+
+
+def test_truncated_image_on_one_rank_ends_the_job_promptly(env, tmp_path, monkeypatch):
+    "A truncated training image: the rank that reads it names the file, and the job exits within 60 s"
+    from cvlue_nb.run import resolve_config, synth_root
+    e = dict(env); monkeypatch.setenv("CVLUE_NB_CACHE", e["CVLUE_NB_CACHE"])
+    ov = parse_overrides(SMALL + [f'data_root={tmp_path/"synth"}', 'agi=false'])
+    root = synth_root(resolve_config('itr', 'synth', overrides=ov), progress=False)
+    bad = root/read_json(root/'IC'/'train.json')[3]['image']
+    bad.write_bytes(bad.read_bytes()[:200])                          # a download cut short
+    r, secs = torchrun(['--task', 'itr', *SMALL, f'data_root={root}', 'agi=false', 'max_steps=10', f'out={tmp_path/"run"}'], e)
+    print(f'truncated image: exit {r.returncode} after {secs:.1f} s')
+    assert r.returncode != 0 and secs < 60, (r.returncode, secs, r.stderr[-2000:])
+    assert 'error on rank' in r.stderr and str(bad) in r.stderr and 'truncated' in r.stderr, r.stderr[-3000:]
