@@ -6,12 +6,13 @@
 __all__ = ['RECIPES', 'RECIPE_WHY', 'RENAMED', 'NO_CROP', 'VOLATILE', 'TrainConfig', 'preset_yaml', 'configs_dir', 'recipe_table',
            'resolve_config', 'check_config', 'synth_root', 'data_files', 'flip_only_geom', 'ITRNoCrop', 'VQANoCrop',
            'VDNoCrop', 'VGNoCrop', 'resolve_image_res', 'read_train', 'train_dataset', 'CvlueRandAugment',
-           'train_texts', 'text_fields', 'collate_fn', 'loss_batch', 'agi_index', 'build_model', 'load_init',
-           'agi_config', 'Objective', 'run_name', 'run_dir', 'environment', 'migrate_config', 'config_diff',
-           'config_from_saved', 'renamed_note', 'infer_settings', 'train_answer_list', 'eval_files']
+           'train_texts', 'text_fields', 'collate_fn', 'loss_batch', 'agi_source', 'agi_index', 'train_keys',
+           'agi_problems', 'run_problems', 'build_model', 'load_init', 'agi_config', 'Objective', 'run_name', 'run_dir',
+           'environment', 'migrate_config', 'config_diff', 'config_from_saved', 'renamed_note', 'infer_settings',
+           'train_answer_list', 'eval_files', 'answer_list_note']
 
-# %% ../nbs/11a_run.ipynb #3e84a362
-import dataclasses, json, platform, sys, time
+# %% ../nbs/11a_run.ipynb #dffe1e9f
+import dataclasses, json, platform, sys, time, warnings
 from collections import Counter
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
@@ -21,11 +22,12 @@ import yaml
 import cvlue_nb
 from .core import CvlueError, atomic_write_json, cache_dir, is_main_process, read_json
 from .config import apply_overrides
-from .tasks import TASKS, get_task, resolve, split_files
-from .data import ITRDataset, VQADataset, VDDataset, VGDataset, Collate, Geom, uniform
+from .tasks import TASKS, get_task, resolve, split_files, reader_args
+from .data import (ITRDataset, VQADataset, VDDataset, VGDataset, Collate, Geom, uniform, PathMap, item_key,
+                           preflight_problems, image_problems)
 from .synth import ensure_synth
 from .text2img import SceneBackend
-from .generate import generate_agis, load_agi_index
+from .generate import generate_agis, load_agi_index, read_manifest
 from .model import X2VLM, X2VLMConfig
 from .checkpoint import load_x2vlm_checkpoint
 from .losses import AGIConfig
@@ -33,7 +35,7 @@ from PIL import Image
 from torchvision.transforms import RandAugment, InterpolationMode
 from torchvision.transforms.autoaugment import _apply_op  # the op implementations RandAugment itself uses
 
-# %% ../nbs/11a_run.ipynb #0aa6d14c
+# %% ../nbs/11a_run.ipynb #b0a86bc7
 @dataclass
 class TrainConfig:
     "Everything that defines a training run (one flat level, so every field is a `key=value` override)"
@@ -44,8 +46,11 @@ class TrainConfig:
     test_file:str|None=None        # test inputs (ITR: the images list) relative to data_root
     test_captions:str|None=None    # ITR test captions list
     gold_file:str|None=None        # gold answers of the test split (scored when present)
-    answer_list:str|None=None      # VQA answer list (None: built from the training answers)
+    answer_list:str|None=None      # VQA answer list (None: the task folder's answer_list.json, else built from the training answers)
     image_root:str|None=None       # folder the image paths are relative to (None: data_root)
+    path_map:str|None=None         # image-path rewrites OLD=NEW, several separated by ';' (e.g. pics/mosaiced-nocopy=images/train-valid)
+    vd_tables:str|None=None        # VD: id → text tables of bare-list files, relative to data_root (None: found beside each file)
+    preflight:bool=True            # before the first step, check every input file, image and answer-guided image; stop with all problems
     agi:bool=True                  # train with answer-guided images
     agi_dir:str|None=None          # folder (or manifest file) of answer-guided images (synth: generated when None)
     lam:float=0.5                  # λ (eq. 10): weight of the ITR cosine term L_cos
@@ -172,7 +177,7 @@ def resolve_config(task:str|None=None,        # a registered task (None: from th
     c = TrainConfig(**cfg); check_config(c)
     return c
 
-# %% ../nbs/11a_run.ipynb #dc1e6e3e
+# %% ../nbs/11a_run.ipynb #74db1f48
 def check_config(c:TrainConfig): # the configuration to check
     "Refuse inconsistent settings with a message naming the setting"
     spec = get_task(c.task)
@@ -183,6 +188,8 @@ def check_config(c:TrainConfig): # the configuration to check
         if getattr(c, k) < 1: raise CvlueError(f'{k} must be >= 1, got {getattr(c, k)}')
     if c.max_steps is not None and c.max_steps < 1: raise CvlueError(f'max_steps must be >= 1, got {c.max_steps}')
     if c.data == 'cvlue' and not c.data_root and not c.train_file: raise CvlueError('--data cvlue needs --data-root DIR')
+    if c.vd_tables and 'vd_tables' not in spec.reader_kw: raise CvlueError(f'vd_tables is for visual dialog; task {c.task!r} reads no tables')
+    PathMap(c.path_map)   # a malformed rule is an error now, not when the first file is read
 
 # %% ../nbs/11a_run.ipynb #c8b80464
 def synth_root(cfg:TrainConfig, progress:bool=True) -> Path:
@@ -191,7 +198,7 @@ def synth_root(cfg:TrainConfig, progress:bool=True) -> Path:
     return ensure_synth(cfg.data_root, seed=cfg.synth_seed, n_train=cfg.synth_n_train, n_val=n, n_test=n,
                         size=cfg.synth_size, clutter=cfg.synth_clutter, progress=progress)
 
-# %% ../nbs/11a_run.ipynb #b4fc9804
+# %% ../nbs/11a_run.ipynb #190b959b
 def data_files(cfg:TrainConfig,         # the run's configuration
                root:str|Path|None=None  # dataset folder (None: cfg.data_root)
               ) -> dict:                # root, image_root, train, test, [captions], gold, answer_list: Paths or None
@@ -207,7 +214,8 @@ def data_files(cfg:TrainConfig,         # the run's configuration
     gold = te['gold'] if te['gold'] is not None and te['gold'].exists() else None
     return dict(root=root, image_root=Path(cfg.image_root) if cfg.image_root else root, train=train,
                 test=te.get('images') or te['records'], captions=te.get('captions'), gold=gold,
-                answer_list=pick(cfg.answer_list))
+                answer_list=pick(cfg.answer_list) or tr.get('answer_list') or te.get('answer_list'),
+                vd_tables=pick(cfg.vd_tables))
 
 # %% ../nbs/11a_run.ipynb #1393bf9b
 def flip_only_geom(self, g:torch.Generator, img) -> Geom:
@@ -220,16 +228,16 @@ class VDNoCrop(VDDataset): "VDDataset without the random crop"; geom = flip_only
 class VGNoCrop(VGDataset): "VGDataset without the box-preserving crop"; geom = flip_only_geom
 NO_CROP = {ITRDataset: ITRNoCrop, VQADataset: VQANoCrop, VDDataset: VDNoCrop, VGDataset: VGNoCrop}
 
-# %% ../nbs/11a_run.ipynb #d68853b3
+# %% ../nbs/11a_run.ipynb #b24d6784
 def resolve_image_res(cfg:TrainConfig) -> int:
     "The input resolution of a run: `image_res` if set, else the model preset's for the task (the one place it is decided)"
     spec = get_task(cfg.task)
     kw = {'image_res': spec.image_res} if cfg.model == 'base' else {}
     return cfg.image_res or X2VLMConfig.preset(cfg.model, spec.kind, **kw).image_res
 
-def read_train(cfg:TrainConfig, files:dict):
-    "The training records of the task (a RecordList, or VDData for VD)"
-    return get_task(cfg.task).reader(files['train'])
+def read_train(cfg:TrainConfig, files:dict, skip_bad:bool=False):
+    "The training records of the task (a RecordList, or VDData for VD), read with the run's `path_map` and VD tables"
+    return get_task(cfg.task).reader(files['train'], skip_bad=skip_bad, **reader_args(cfg.task, cfg.path_map, **files))
 
 # %% ../nbs/11a_run.ipynb #b647d193
 def train_dataset(cfg:TrainConfig,     # the run's configuration
@@ -303,25 +311,76 @@ def loss_batch(task:str,       # a registered task
     if spec.targets is not None: out.update(spec.targets(b))
     return {k: v.to(device, non_blocking=True) if device is not None else v for k, v in out.items()}
 
-# %% ../nbs/11a_run.ipynb #ac0aac02
+# %% ../nbs/11a_run.ipynb #e7972540
+def agi_source(cfg:TrainConfig, # the run's configuration
+               files:dict        # from `data_files`
+              ) -> Path|None:    # `agi_dir`, the synthetic benchmark's cache folder, or None when AGI is off
+    "Where the run's answer-guided images are"
+    if not cfg.agi: return None
+    if cfg.agi_dir: return Path(cfg.agi_dir)
+    if cfg.data != 'synth': raise CvlueError('agi=true on real data needs --agi-dir (answer-guided images from python -m cvlue_nb.generate)')
+    return cache_dir('agi', files['root'].name, cfg.task)
+
 def agi_index(cfg:TrainConfig,   # the run's configuration
               files:dict,        # from `data_files`
               progress:bool=True # progress bar (rank 0) while generating
              ) -> dict|None:     # item_key → image file, or None when AGI is off
     "The run's answer-guided images; on the synthetic benchmark generated on first use (call on every rank)"
-    if not cfg.agi: return None
+    out = agi_source(cfg, files)
+    if out is None: return None
     if cfg.agi_dir:
-        p = Path(cfg.agi_dir)
-        if not p.exists(): raise CvlueError(f'{p}: answer-guided image folder not found (make it with python -m cvlue_nb.generate)')
-        return load_agi_index(p)
-    if cfg.data != 'synth': raise CvlueError('agi=true on real data needs --agi-dir (answer-guided images from python -m cvlue_nb.generate)')
-    out = cache_dir('agi', files['root'].name, cfg.task)
-    if not (out/'generate_summary.json').exists():
-        generate_agis(cfg.task, files['root'], out, SceneBackend(size=cfg.synth_size), progress=progress)
+        if not out.exists(): raise CvlueError(f'{out}: answer-guided image folder not found (make it with python -m cvlue_nb.generate)')
+        return load_agi_index(out, existing=False)   # a file that is gone is named when an item needs it
+    if not (out/'generate_summary.json').exists():  # the run's preflight checks the synthetic files: no second check here
+        generate_agis(cfg.task, files['root'], out, SceneBackend(size=cfg.synth_size), progress=progress, preflight=False,
+                      path_map=cfg.path_map, vd_tables=files.get('vd_tables'))
     if dist.is_available() and dist.is_initialized(): dist.barrier()
-    return load_agi_index(out)
+    return load_agi_index(out, existing=False)
 
-# %% ../nbs/11a_run.ipynb #9d26d5dd
+# %% ../nbs/11a_run.ipynb #f776b6d0
+def train_keys(cfg:TrainConfig, records) -> list[str]:
+    "The answer-guided-image key (`cvlue_nb.data.item_key`) of every training item, once each, in file order"
+    kind = get_task(cfg.task).kind
+    return list(dict.fromkeys(item_key(kind, r) for r in getattr(records, 'dialogs', records)))
+
+def agi_problems(cfg:TrainConfig, files:dict, # the run's configuration and its `data_files`
+                 records,                     # the training records
+                 decode:bool=True,            # decode every image (False: only check that each exists)
+                 progress:bool|None=None      # decoding bar: None → only on a terminal
+                ) -> list[str]:               # one line per problem
+    "Every training item needs an answer-guided image that exists (and decodes)"
+    try: src = agi_source(cfg, files)
+    except CvlueError as e: return [str(e)]   # agi=true on real data without agi_dir
+    if src is None: return []
+    if not src.exists(): return [f'{src}: answer-guided image folder not found (make it with python -m cvlue_nb.generate)']
+    idx = load_agi_index(src, existing=False)
+    if not idx: return [f'{src}: no answer-guided images listed (no manifest rows); make them with python -m cvlue_nb.generate']
+    keys = train_keys(cfg, records)
+    missing = [f'{src}: no answer-guided image for training item {k!r}' for k in keys if k not in idx]
+    return missing + image_problems([(idx[k], f'answer-guided image of training item {k!r}') for k in keys if k in idx], decode, progress)
+
+# %% ../nbs/11a_run.ipynb #172c74a7
+def run_problems(cfg:TrainConfig,         # the run's configuration
+                 files:dict,              # from `data_files`
+                 decode:bool=True,        # decode every image (False: only check that each exists)
+                 progress:bool|None=None  # decoding bars: None → only on a terminal
+                ) -> list[str]:           # one line per problem (none: the run can start)
+    "Every problem of what a run will read: training and test files and their images, gold, answer list, answer-guided images"
+    spec = get_task(cfg.task)
+    check = lambda fs: preflight_problems(spec.kind, fs, files['image_root'], cfg.path_map, files.get('vd_tables'), decode, progress)
+    probs = check([files['train']])
+    if cfg.eval:
+        if files['test'] is None: probs.append(f'{files["root"]}: no {cfg.task} test input found (set test_file=…, or eval=false)')
+        else: probs += check([files['test']] + ([files['captions']] if files.get('captions') else []))
+        if cfg.gold_file and files['gold'] is None: probs.append(f'{files["root"]/cfg.gold_file}: gold file not found (gold_file=…)')
+        probs += check([(f, False) for f in (files['gold'], files.get('answer_list')) if f])   # gold images are keys, not inputs
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try: records = read_train(cfg, files, skip_bad=True)   # the good records: their items need answer-guided images
+        except CvlueError: return probs + ['answer-guided images not checked: the training file cannot be read']
+    return probs + agi_problems(cfg, files, records, decode, progress)
+
+# %% ../nbs/11a_run.ipynb #c64255dc
 def build_model(cfg:TrainConfig, # the run's configuration
                 tokenizer        # the run's tokenizer (its size sets the vocabulary of a tiny model)
                ) -> X2VLM:
@@ -336,7 +395,7 @@ def build_model(cfg:TrainConfig, # the run's configuration
     model.tokenizer = tokenizer
     return model
 
-# %% ../nbs/11a_run.ipynb #ebffadd9
+# %% ../nbs/11a_run.ipynb #4ca8eb3f
 def load_init(model:X2VLM, path:str|Path, task:str,
               tying_quirk:bool=False): # VQA/VD: reproduce the baseline's load order (MLM matrix → word embeddings)
     "Load pretrained weights into `model`: a save_pretrained folder, or a checkpoint file via cvlue_nb.checkpoint"
@@ -348,7 +407,7 @@ def load_init(model:X2VLM, path:str|Path, task:str,
     if not p.is_file(): raise CvlueError(f'{p}: init checkpoint not found')
     return load_x2vlm_checkpoint(model, p, get_task(task).kind, verbose=is_main_process(), reproduce_tying_quirk=tying_quirk)
 
-# %% ../nbs/11a_run.ipynb #c5b1b362
+# %% ../nbs/11a_run.ipynb #c26017fa
 def agi_config(cfg:TrainConfig) -> AGIConfig:
     "The AGI settings of a run"
     return AGIConfig(enabled=cfg.agi, lam=cfg.lam, gamma=cfg.gamma, y_weight=cfg.y_weight, ablation=cfg.ablation,
@@ -362,7 +421,7 @@ class Objective(torch.nn.Module):
     def forward(self, batch:dict, generator:torch.Generator|None=None) -> dict:
         return self.loss_fn(self.model, batch, self.agi_cfg, generator)
 
-# %% ../nbs/11a_run.ipynb #42018ea2
+# %% ../nbs/11a_run.ipynb #3445484b
 def run_name(cfg:TrainConfig) -> str:
     "Default run folder name from the settings that distinguish experiments"
     arm = ('agi' if cfg.agi else 'base') + ('' if cfg.ablation == 'none' or not cfg.agi else f'-{cfg.ablation}')
@@ -382,8 +441,8 @@ def environment(world:int, device) -> dict:
     if device.type == 'cuda': env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return env
 
-# %% ../nbs/11a_run.ipynb #b989446e
-VOLATILE = ('resume', 'num_workers', 'log_every', 'eval', 'out', 'out_root', 'ckpt_every', 'keep_ckpts', 'batch_size_test')
+# %% ../nbs/11a_run.ipynb #492571af
+VOLATILE = ('resume', 'num_workers', 'log_every', 'eval', 'out', 'out_root', 'ckpt_every', 'keep_ckpts', 'batch_size_test', 'preflight')
 
 def migrate_config(saved:dict) -> dict:
     "A config.json written before the settings were renamed, in today's names"
@@ -397,20 +456,20 @@ def migrate_config(saved:dict) -> dict:
     s.update(gamma=kl, lam=other if spec.kind == 'itr' else TrainConfig.lam, y_weight=TrainConfig.y_weight if spec.kind == 'itr' else other)
     return s
 
-# %% ../nbs/11a_run.ipynb #31756ba7
+# %% ../nbs/11a_run.ipynb #7d9b1526
 def config_diff(saved:dict, cfg:TrainConfig) -> dict:
     "Settings that differ between a saved config.json and `cfg` (volatile ones ignored, old names migrated)"
     now, saved, dflt = asdict(cfg), migrate_config(saved), asdict(TrainConfig())
     return {k: (saved.get(k, dflt[k]), now[k]) for k in now if k not in VOLATILE and saved.get(k, dflt[k]) != now[k]}
 
-# %% ../nbs/11a_run.ipynb #0ae48081
+# %% ../nbs/11a_run.ipynb #556dac61
 def config_from_saved(saved:dict # a run's config.json
                      ) -> TrainConfig:
     "The TrainConfig of a saved run (old names migrated, settings added since then at their defaults)"
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in migrate_config(saved).items() if k in names})
 
-# %% ../nbs/11a_run.ipynb #9aa55182
+# %% ../nbs/11a_run.ipynb #5d3468b7
 def renamed_note(saved:dict # a run's config.json
                 ) -> str:   # '' for a run written with today's names
     "A hint, for error messages, naming the settings renamed since a saved run was written"
@@ -421,27 +480,41 @@ def renamed_note(saved:dict # a run's config.json
     found = ', '.join(f'{o} → {n}' for o, n in pairs.items() if o in saved)
     return f' (that run predates renamed settings: {found}; λ = lam now weighs the cosine term, γ = gamma the KL term)'
 
-# %% ../nbs/11a_run.ipynb #fe6fa49d
+# %% ../nbs/11a_run.ipynb #486e1eca
 def infer_settings(cfg:TrainConfig) -> dict:
     "The `cvlue_nb.infer.InferConfig` fields that follow from the run's settings"
     kw = dict(image_res=resolve_image_res(cfg), batch_size=cfg.batch_size_test, length_norm=cfg.length_norm,
               answer_max_len=cfg.answer_max_len, text_max_len=cfg.text_max_len, context_max_len=cfg.context_max_len,
-              max_history=cfg.max_history, first_token_twice=cfg.first_token_twice, eval_hflip=cfg.eval_hflip)
+              max_history=cfg.max_history, first_token_twice=cfg.first_token_twice, eval_hflip=cfg.eval_hflip,
+              path_map=cfg.path_map, preflight=False)  # the run checked its test files before the first step
     kw.update({dst: getattr(cfg, src) for src, dst in get_task(cfg.task).infer_kw.items()})
     return kw
 
-# %% ../nbs/11a_run.ipynb #d99ac9f1
+# %% ../nbs/11a_run.ipynb #9499d576
 def train_answer_list(records, path:Path) -> Path:
     "Write the VQA answer list built from the training answers, most frequent first (answer → id)"
     cnt = Counter(it.answer for it in records)
     return atomic_write_json(path, {a: i for i, (a, _) in enumerate(cnt.most_common())}, indent=0)
 
-def eval_files(cfg:TrainConfig, files:dict, records, run:Path, main:bool=True) -> dict:
-    "The test split's files in `split_files` roles (an answer list: the given one, else built from the training answers)"
+def eval_files(cfg:TrainConfig,  # the run's configuration
+               files:dict,       # from `data_files`
+               records,          # the training records (None: re-evaluating a finished run, which keeps the list it built)
+               run:Path,         # the run folder
+               main:bool=True    # this process writes files (rank 0)
+              ) -> dict:         # role → file, as `split_files` names them
+    "The test split's files (an answer list: `answer_list=`, else the data's, else built from the training answers)"
     spec = get_task(cfg.task)
     out = dict(gold=files['gold'], **({'images': files['test'], 'captions': files['captions']} if 'images' in spec.inputs
-                                     else {'records': files['test']}))
+                                     else {'records': files['test']}), vd_tables=files.get('vd_tables'))
     if 'answer_list' in spec.extra_files:
-        out['answer_list'] = files['answer_list'] or Path(run)/'answer_list.json'
-        if not files['answer_list'] and main: train_answer_list(records, out['answer_list'])
+        own, saved = Path(run)/'answer_list.json', records is None
+        out['answer_list'] = (files['answer_list'] if cfg.answer_list or not (saved and own.exists()) else own) or own
+        if out['answer_list'] == own and not saved and main: train_answer_list(records, own)
     return out
+
+def answer_list_note(cfg:TrainConfig, files:dict) -> str|None:
+    "What the run's log says when the test questions will be ranked against the training answers (None: a list was found)"
+    spec = get_task(cfg.task)
+    if 'answer_list' not in spec.extra_files or files['answer_list']: return None
+    return (f'{cfg.task}: no answer_list.json in {files["root"]/spec.folder} or beside the data files, and no answer_list=…: '
+            'the test questions are ranked against the training answers')
