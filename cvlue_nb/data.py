@@ -4,16 +4,17 @@
 
 # %% auto #0
 __all__ = ['BAD', 'BOX_SLACK', 'VD_OPTIONS', 'VD_TABLE_FILES', 'TASKS', 'IMAGE_EXTS', 'CLIP_MEAN', 'CLIP_STD', 'KEEP_LR',
-           'TEXT_FIELDS', 'SHAPE_NAMES', 'ITRItem', 'ITRTest', 'VQAItem', 'VGItem', 'VDRound', 'VDDialog', 'VDData',
-           'VDGold', 'Problem', 'problems_error', 'RecordList', 'type_name', 'kind_error', 'image_path_error',
-           'PathMap', 'Check', 'decode_error', 'check_itr', 'read_itr', 'read_itr_gold', 'check_str_list',
-           'read_itr_test', 'check_vqa', 'read_vqa', 'read_vqa_gold', 'check_answer_list', 'read_answer_list',
-           'box_error', 'check_vg', 'read_vg', 'read_vg_gold', 'find_vd_tables', 'vd_tables_source', 'check_table',
-           'check_vd_tables', 'load_vd_tables', 'check_round', 'check_vd', 'read_vd', 'check_vd_gold', 'read_vd_gold',
-           'VDOrganiserFiles', 'write_vd_organiser_format', 'item_key', 'detect_shape', 'validate_file', 'validate',
-           'load_image', 'Geom', 'to_tensor', 'apply_geom', 'item_generator', 'uniform', 'sample_resized_crop',
-           'sample_box_crop', 'box_to_cxcywh', 'cxcywh_to_xywh', 'swap_left_right', 'CvlueDataset', 'ITRDataset',
-           'VQADataset', 'VGDataset', 'vd_context', 'VDDataset', 'stack_field', 'Collate', 'run_validate', 'main']
+           'TEXT_FIELDS', 'SHAPE_NAMES', 'PREFLIGHT_LINES', 'ITRItem', 'ITRTest', 'VQAItem', 'VGItem', 'VDRound',
+           'VDDialog', 'VDData', 'VDGold', 'Problem', 'problems_error', 'RecordList', 'type_name', 'kind_error',
+           'image_path_error', 'PathMap', 'Check', 'decode_error', 'check_itr', 'read_itr', 'read_itr_gold',
+           'check_str_list', 'read_itr_test', 'check_vqa', 'read_vqa', 'read_vqa_gold', 'check_answer_list',
+           'read_answer_list', 'box_error', 'check_vg', 'read_vg', 'read_vg_gold', 'find_vd_tables', 'vd_tables_source',
+           'check_table', 'check_vd_tables', 'load_vd_tables', 'check_round', 'check_vd', 'read_vd', 'check_vd_gold',
+           'read_vd_gold', 'VDOrganiserFiles', 'write_vd_organiser_format', 'item_key', 'detect_shape', 'validate_file',
+           'validate', 'load_image', 'Geom', 'to_tensor', 'apply_geom', 'item_generator', 'uniform',
+           'sample_resized_crop', 'sample_box_crop', 'box_to_cxcywh', 'cxcywh_to_xywh', 'swap_left_right',
+           'CvlueDataset', 'ITRDataset', 'VQADataset', 'VGDataset', 'vd_context', 'VDDataset', 'stack_field', 'Collate',
+           'run_validate', 'preflight_problems', 'image_problems', 'preflight_error', 'main']
 
 # %% ../nbs/01_data.ipynb #1c7a0322
 import argparse, hashlib, math, os, re, sys, warnings
@@ -167,13 +168,14 @@ def image_path_error(p:str,              # the image path from a record
     if '..' in s.split('/'): return f"image path {p!r} escapes the image root ('..')"
     if image_root is not None and not (Path(image_root)/s).is_file(): return f'image file not found: {Path(image_root)/s}'
 
-# %% ../nbs/01_data.ipynb #a6d1b505
+# %% ../nbs/01_data.ipynb #bbef8098
 class PathMap:
     "Rewrites the leading folders of image paths by `OLD=NEW` rules; the longest matching OLD wins"
-    def __init__(self, spec=None): # `OLD=NEW` string, list of them, dict OLD → NEW, a PathMap, or None (no change)
+    def __init__(self, spec=None): # `OLD=NEW` string (rules separated by `;`), list of them, dict OLD → NEW, a PathMap, or None
         if isinstance(spec, PathMap): spec = dict(spec.rules)
         if isinstance(spec, str): spec = [spec]
-        pairs = list(spec.items()) if isinstance(spec, Mapping) else [self.parse(r) for r in (spec or [])]
+        split = lambda r: [x.strip() for x in r.split(';') if x.strip()] if isinstance(r, str) else [r]
+        pairs = list(spec.items()) if isinstance(spec, Mapping) else [self.parse(x) for r in (spec or []) for x in split(r)]
         rules = {}
         for old, new in pairs:
             old = str(old).replace('\\', '/').rstrip('/')
@@ -195,6 +197,7 @@ class PathMap:
                 return new if not rest else new + rest if not new or new.endswith('/') else new + '/' + rest
         return p
     def __bool__(self): return bool(self.rules)
+    def __str__(self): return ';'.join(f'{o}={n}' for o, n in self.rules)  # the `key=value` setting's form
     def __repr__(self): return f'PathMap({[f"{o}={n}" for o, n in self.rules]})'
 
 # %% ../nbs/01_data.ipynb #46bc762e
@@ -1089,7 +1092,54 @@ def run_validate(task:str,          # itr, vqa, vg or vd
         rc |= bool(probs)
     return rc
 
-# %% ../nbs/01_data.ipynb #0c29be47
+# %% ../nbs/01_data.ipynb #0cef443d
+def preflight_problems(task:str,          # itr, vqa, vg or vd: the files' kind
+                       files:list,        # files to check; a `(file, False)` pair checks a file but not its images (gold)
+                       image_root=None,   # folder the image paths are relative to (None: images not checked)
+                       path_map=None,     # image-path rewrites (see `PathMap`)
+                       tables=None,       # VD: the tables of bare lists of dialogs (default: found beside each)
+                       decode:bool=True,  # decode every image (False: only check that it exists)
+                       progress:bool|None=None, # the decoding bar: None → only on a terminal
+                      ) -> list[str]:     # one line per problem, as `validate` prints them
+    "Every problem of a job's input files and of the images they name"
+    out, path_map = [], PathMap(path_map)
+    for f in files:
+        f, images = f if isinstance(f, tuple) else (f, True)
+        try: probs = validate_file(task, f, image_root if images else None, path_map, tables, decode, progress)[2]
+        except Exception as e: probs = [Problem(str(f), None, None, f'could not check the file: {type(e).__name__}: {e}')]
+        out += [str(p) for p in probs]
+    return out
+
+def _exists_error(path) -> str|None:
+    return None if Path(path).is_file() else f'image file not found: {path}'
+
+def image_problems(images:list,            # (image file, what it is, e.g. "answer-guided image of item 3") pairs
+                   decode:bool=True,       # decode each image (False: only check that it exists)
+                   progress:bool|None=None, # the decoding bar: None → only on a terminal
+                   workers:int|None=None,  # threads (default: CPUs + 4, at most 32)
+                  ) -> list[str]:          # one line per missing or broken image
+    "Check images that no JSON file lists, in parallel"
+    from tqdm import tqdm
+    images = list(images)
+    if not images: return []
+    with ThreadPoolExecutor(workers or min(32, (os.cpu_count() or 1) + 4)) as ex:
+        errs = list(tqdm(ex.map(decode_error if decode else _exists_error, [p for p, _ in images]), total=len(images),
+                         unit='img', desc='checking images', disable=None if progress is None else not progress, leave=False))
+    return [f'{err} ({what})' for (_, what), err in zip(images, errs) if err]
+
+PREFLIGHT_LINES = 20  # problems `preflight_error` lists; the rest are counted
+
+def preflight_error(problems:list[str],          # what the checks found (at least one)
+                    job:str,                     # who checked, e.g. 'train'
+                    skip:str='preflight=false',  # the setting that turns the checks off
+                   ) -> DataError:
+    "One error listing the problems found before a job's first step (the first `PREFLIGHT_LINES`, then a count)"
+    n, more = len(problems), len(problems) - PREFLIGHT_LINES
+    lines = problems[:PREFLIGHT_LINES] + ([f'… and {more} more'] if more > 0 else [])
+    return DataError(f'{job}: {n} problem{"s" * (n != 1)} in the inputs, found before the first step:\n  ' + '\n  '.join(lines) +
+                     f'\n(`python -m cvlue_nb.data validate` lists every problem of a file; {skip} skips these checks)')
+
+# %% ../nbs/01_data.ipynb #e5639c0c
 def main(argv:list[str]|None=None): # command-line arguments (default: `sys.argv[1:]`)
     "Check CVLUE files before a long job or a submission: `validate --task T FILE... [--image-root DIR] [--path-map OLD=NEW]...`"
     p = argparse.ArgumentParser(prog='python -m cvlue_nb.data', description='Check CVLUE data files.')

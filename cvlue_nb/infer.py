@@ -8,9 +8,9 @@ __all__ = ['itr_scores', 'unwrap', 'model_device', 'load_pixels', 'tokenize', 'I
            'predict_itr', 'combine_scores', 'question_states', 'answer_loglik', 'load_answer_list', 'answer_scores',
            'rank_answers', 'beam_search', 'decode_text', 'generate_answers', 'rank_vd_options', 'predict_boxes',
            'InferConfig', 'score_itr', 'score_vd', 'score_vg', 'score_vqa', 'predict_itr_split', 'predict_vqa_split',
-           'predict_vg_split', 'vd_records', 'predict_vd_split', 'evaluate_split', 'main']
+           'predict_vg_split', 'vd_records', 'predict_vd_split', 'infer_problems', 'evaluate_split', 'main']
 
-# %% ../nbs/11_infer.ipynb #8c2272ee
+# %% ../nbs/11_infer.ipynb #48f1f8ef
 import argparse, json, math, re, sys
 from collections import Counter
 from collections.abc import Mapping
@@ -25,7 +25,8 @@ from .config import parse_overrides, coerce_value
 from .tasks import get_task, resolve, split_files, task_names, load_plugins
 from .model import X2VLM, load_tokenizer
 from .data import (load_image, apply_geom, Geom, cxcywh_to_xywh, read_itr, read_itr_test,
-                           read_vqa, read_answer_list, read_vg, read_vd, VQADataset, VGDataset, VDDataset, Collate)
+                           read_vqa, read_answer_list, read_vg, read_vd, VQADataset, VGDataset, VDDataset, Collate,
+                           preflight_problems, preflight_error, PathMap)
 from .metrics import (score_itr_files, score_vqa_files, score_vd_files, score_vg_files,
                               itr_rankings, write_itr_submission, write_vqa_submission, write_vd_submission,
                               write_vg_submission)
@@ -188,15 +189,16 @@ def itr_score_matrices(model, tokenizer, images:list, captions:list[str], # as `
 
 itr_scores = itr_score_matrices  # the name used in the interface notes
 
-# %% ../nbs/11_infer.ipynb #cddf3417
-def predict_itr(model, tokenizer, images:list[str], captions:list[str], # image paths (the keys) and captions
+# %% ../nbs/11_infer.ipynb #98fbad53
+def predict_itr(model, tokenizer, images:list[str], captions:list[str], # image paths and captions
                 k_test:int=80, itc_weight:float=0.0, batch_size:int=32, # as `itr_score_matrices`
                 top:int=10,               # length of the submitted rankings
+                keys:list[str]|None=None, # the images' names in the submission (default: `images`; with a path map, the file's paths)
                 **kw                      # distributed, progress; image_res, image_root, max_len, device
                ) -> tuple[dict,dict]:     # (i2t: image → top captions, t2i: caption → top images)
     "Top-`top` captions per image and images per caption, ITC then ITM re-ranking"
     s_i2t, s_t2i = itr_score_matrices(model, tokenizer, images, captions, k_test, itc_weight, batch_size, **kw)
-    keys = [str(p) for p in images]
+    keys = [str(p) for p in (images if keys is None else keys)]
     return itr_rankings(s_i2t, keys, captions, top)[0], itr_rankings(s_t2i, keys, captions, top)[1]
 
 # %% ../nbs/11_infer.ipynb #5f551dd1
@@ -381,7 +383,7 @@ def predict_boxes(model, tokenizer, images, texts:list[str], # images and referr
     st, _ = question_states(m, tokenizer, images, texts, max_len=max_len, **kw)
     return [cxcywh_to_xywh(b, w, h) for b, (w, h) in zip(m.predict_box(st).float().tolist(), sizes)]
 
-# %% ../nbs/11_infer.ipynb #9ff5b244
+# %% ../nbs/11_infer.ipynb #bf70f92f
 @dataclass
 class InferConfig:
     "Test-time settings of all four tasks"
@@ -401,6 +403,8 @@ class InferConfig:
     context_max_len:int=256     # VD: dialog-context tokens (truncated on the left)
     chunk:int=256               # VQA/VD: (question, answer) pairs per decoder pass
     max_history:int|None=None   # VD: earlier rounds kept in the context (None: all)
+    path_map:str|None=None      # image-path rewrites OLD=NEW, several separated by ';' (`cvlue_nb.data.PathMap`)
+    preflight:bool=True         # first check the split's files and decode every image; stop with all problems
     amp:bool=False              # bfloat16 autocast on CUDA
     distributed:bool=True       # share the items between the processes of a process group (call on every rank);
                                 # False: this process predicts everything (e.g. evaluation on rank 0 only)
@@ -436,28 +440,31 @@ def score_vqa(gold, written) -> dict:
     s, st = score_vqa_files(gold, written), score_vqa_files(gold, written, True)
     return {**s, 'acc_strict': st['acc'], 'n_match_strict': st['n_match']}
 
-# %% ../nbs/11_infer.ipynb #2fcc6c0c
-def _itr_inputs(fs, out_dir, distributed):
+# %% ../nbs/11_infer.ipynb #296df9cc
+def _itr_inputs(fs, out_dir, cfg):
+    "Image files (path map applied), their names in the files, captions, gold file"
     if fs.get('images') and fs.get('captions'):
-        t = read_itr_test(fs['images'], fs['captions']); return list(t.images), list(t.captions), fs.get('gold')
-    items = read_itr(fs['records'])
+        t = read_itr_test(fs['images'], fs['captions'], path_map=cfg.path_map)
+        return list(t.images), list(t.image_ids), list(t.captions), fs.get('gold')
+    items = read_itr(fs['records'], path_map=cfg.path_map)
+    keys = [it.image for it in (read_itr(fs['records']) if cfg.path_map else items)]
     gold = fs.get('gold') or Path(out_dir)/'gold_IC.json'
-    if not fs.get('gold') and is_main(distributed):
-        atomic_write_json(gold, [{'image': it.image, 'caption': it.captions} for it in items], indent=1)
-    return [it.image for it in items], list(dict.fromkeys(c for it in items for c in it.captions)), gold
+    if not fs.get('gold') and is_main(cfg.distributed):
+        atomic_write_json(gold, [{'image': k, 'caption': it.captions} for k, it in zip(keys, items)], indent=1)
+    return [it.image for it in items], keys, list(dict.fromkeys(c for it in items for c in it.captions)), gold
 
 def predict_itr_split(model, tok, fs, out_dir, cfg, image_root, device):
     "ITR: predict a split's items, write the submission on rank 0; returns (written files, gold file)"
-    images, caps, gold = _itr_inputs(fs, out_dir, cfg.distributed)
-    i2t, t2i = predict_itr(model, tok, images, caps, cfg.k_test, cfg.itc_weight, cfg.batch_size, image_res=cfg.image_res,
+    images, keys, caps, gold = _itr_inputs(fs, out_dir, cfg)
+    i2t, t2i = predict_itr(model, tok, images, caps, cfg.k_test, cfg.itc_weight, cfg.batch_size, keys=keys, image_res=cfg.image_res,
                            image_root=image_root, max_len=cfg.text_max_len, device=device, distributed=cfg.distributed,
                            progress=cfg.progress and is_main(cfg.distributed))
     return (write_itr_submission(out_dir, i2t, t2i) if is_main(cfg.distributed) else None), gold
 
-# %% ../nbs/11_infer.ipynb #bd0d4d15
+# %% ../nbs/11_infer.ipynb #2485ab5b
 def predict_vqa_split(model, tok, fs, out_dir, cfg, image_root, device):
     "VQA: predict a split's items, write the submission on rank 0; returns (written files, gold file)"
-    items = read_vqa(fs['records'], test=None)
+    items = read_vqa(fs['records'], test=None, path_map=cfg.path_map)
     ds = VQADataset(items, image_root, cfg.image_res); ds.eval_hflip = cfg.eval_hflip   # 0 unless recipe=baseline
     kw = dict(image_res=cfg.image_res, device=device)
     if cfg.vqa_mode == 'rank':
@@ -472,36 +479,41 @@ def predict_vqa_split(model, tok, fs, out_dir, cfg, image_root, device):
     else: raise CvlueError(f"vqa_mode must be 'rank' or 'generate', got {cfg.vqa_mode!r}")
     answers = _share(ds, cfg, fn)
     gold = fs.get('gold') or (fs['records'] if all(it.answer for it in items) else None)
-    return (write_vqa_submission(Path(out_dir)/'submit_VQA.json', items, answers) if is_main(cfg.distributed) else None), gold
+    sub = read_vqa(fs['records'], test=None) if cfg.path_map else items   # the submission keeps the file's image paths
+    return (write_vqa_submission(Path(out_dir)/'submit_VQA.json', sub, answers) if is_main(cfg.distributed) else None), gold
 
-# %% ../nbs/11_infer.ipynb #b4082275
+# %% ../nbs/11_infer.ipynb #5bdc7713
 def predict_vg_split(model, tok, fs, out_dir, cfg, image_root, device):
     "VG: predict a split's items, write the submission on rank 0; returns (written files, gold file)"
-    items = read_vg(fs['records'])
+    items = read_vg(fs['records'], path_map=cfg.path_map)
     ds = VGDataset(items, image_root, cfg.image_res)
     fn = lambda b: predict_boxes(model, tok, b['image'], b['text'], list(zip(b['width'].tolist(), b['height'].tolist())),
                                  cfg.text_max_len, image_res=cfg.image_res, device=device)
     boxes = _share(ds, cfg, fn)
     gold = fs.get('gold') or (fs['records'] if all(len(it.bbox) == 4 for it in items) else None)
-    return (write_vg_submission(Path(out_dir)/'submit_VG.json', items, boxes) if is_main(cfg.distributed) else None), gold
+    sub = read_vg(fs['records']) if cfg.path_map else items   # the submission keeps the file's image paths
+    return (write_vg_submission(Path(out_dir)/'submit_VG.json', sub, boxes) if is_main(cfg.distributed) else None), gold
 
-# %% ../nbs/11_infer.ipynb #ff35d541
-def vd_records(ds:VDDataset) -> list[dict]:
+# %% ../nbs/11_infer.ipynb #86b8604c
+def vd_records(ds:VDDataset,   # the evaluation dataset
+               data=None        # the same file read without a path map (default: `ds.data`): the images as the file names them
+              ) -> list[dict]:
     "Gold-shaped records `{image_id, image, caption, dialog_id, question, answer_options, answer}` of the rounds `ds` ranks"
     out = []
     for i, j in ds.rounds:
-        d = ds.data.dialogs[i]; r = d.rounds[j]
+        d = (data or ds.data).dialogs[i]; r = d.rounds[j]
         out.append(dict(image_id=d.image_id, image=d.image, caption=d.caption, dialog_id=j + 1, question=r.question,
                         answer_options=list(r.answer_options), answer=r.answer))
     return out
 
 def predict_vd_split(model, tok, fs, out_dir, cfg, image_root, device):
     "VD: predict a split's items, write the submission on rank 0; returns (written files, gold file)"
-    ds = VDDataset(read_vd(fs['records']), image_root, cfg.image_res, max_history=cfg.max_history)
+    read = lambda **kw: read_vd(fs['records'], tables=fs.get('vd_tables'), **kw)
+    ds = VDDataset(read(path_map=cfg.path_map), image_root, cfg.image_res, max_history=cfg.max_history)
     fn = lambda b: rank_vd_options(model, tok, b['image'], b['context'], b['options'], cfg.length_norm,
                                    cfg.first_token_twice, cfg.chunk, cfg.answer_max_len, cfg.context_max_len,
                                    image_res=cfg.image_res, device=device)
-    recs = vd_records(ds)
+    recs = vd_records(ds, read() if cfg.path_map else None)
     sorts = [[r['answer_options'][p] for p in order] for r, order in zip(recs, _share(ds, cfg, fn))]
     gold = fs.get('gold')
     if gold is None and all(r['answer'] is not None for r in recs):
@@ -509,7 +521,18 @@ def predict_vd_split(model, tok, fs, out_dir, cfg, image_root, device):
         if is_main(cfg.distributed): atomic_write_json(gold, {'data': recs})
     return (write_vd_submission(Path(out_dir)/'submit_VD.json', recs, sorts) if is_main(cfg.distributed) else None), gold
 
-# %% ../nbs/11_infer.ipynb #f23d823c
+# %% ../nbs/11_infer.ipynb #40415c9f
+def infer_problems(task:str, fs:dict,  # a registered task and its split's files (`split_files`)
+                   image_root,         # folder of the image paths
+                   cfg:InferConfig,    # the settings (`path_map`)
+                   progress:bool|None=None # decoding bar: None → only on a terminal
+                  ) -> list[str]:      # one line per problem
+    "Every problem of the files a split's evaluation reads: inputs and their images (decoded), gold, the task's extra files"
+    spec = get_task(task)
+    inputs = [fs[r] for r in spec.inputs] if all(fs.get(r) for r in spec.inputs) else [fs['records']]
+    extra = [(fs[r], False) for r in ('gold', *spec.extra_files) if fs.get(r)]   # gold images are keys, not inputs
+    return preflight_problems(spec.kind, inputs + extra, image_root, cfg.path_map, fs.get('vd_tables'), progress=progress)
+
 def evaluate_split(task:str, model, tokenizer,   # task, a trained `X2VLM` (DDP-wrapped is fine) and its tokenizer
                    data_dir, split:str='test',   # dataset folder and split
                    out_dir=None,                 # where the submission files go (required)
@@ -524,12 +547,17 @@ def evaluate_split(task:str, model, tokenizer,   # task, a trained `X2VLM` (DDP-
     m = unwrap(model)
     cfg = (InferConfig().update(**cfg) if isinstance(cfg, Mapping) else cfg or InferConfig()).update(**kw)
     cfg = cfg.update(image_res=cfg.image_res or m.config.image_res, eval_hflip=0.0 if split == 'test' else cfg.eval_hflip)
+    PathMap(cfg.path_map)   # a malformed rule is an error before anything is read
     spec, fs = get_task(task), split_files(task, data_dir, split, **(files or {}))
+    root = Path(image_root or data_dir)
+    if cfg.preflight:   # rank 0 checks, every rank stops
+        probs = _broadcast(infer_problems(task, fs, root, cfg, None if cfg.progress else False) if is_main(cfg.distributed) else None, cfg.distributed)
+        if probs: raise preflight_error(probs, 'infer') if is_main(cfg.distributed) else CvlueError('rank 0 found problems in the inputs')
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     was_training, device = m.training, torch.device(device or model_device(m)); m.eval()
     try:
         with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp and device.type == 'cuda'):
-            written, gold = resolve(spec.predict)(m, tokenizer, fs, out_dir, cfg, Path(image_root or data_dir), device)
+            written, gold = resolve(spec.predict)(m, tokenizer, fs, out_dir, cfg, root, device)
     finally: m.train(was_training)
     metrics = None
     if is_main(cfg.distributed):
@@ -537,7 +565,7 @@ def evaluate_split(task:str, model, tokenizer,   # task, a trained `X2VLM` (DDP-
         atomic_write_json(out_dir/f'metrics_{task}.json', dict(task=task, split=split, **metrics, config=asdict(cfg)), indent=1)
     return _broadcast(metrics, cfg.distributed)
 
-# %% ../nbs/11_infer.ipynb #c4a17d38
+# %% ../nbs/11_infer.ipynb #df9592a0
 def main(argv:list[str]|None=None): # command-line arguments (default: `sys.argv[1:]`)
     "Evaluate a saved model on a split: write the official submission files, print the metrics"
     load_plugins()
@@ -549,16 +577,21 @@ def main(argv:list[str]|None=None): # command-line arguments (default: `sys.argv
     p.add_argument('--image-root', help='folder of the image paths (default: --data)')
     p.add_argument('--tokenizer', help='tokenizer folder (default: the model folder\'s)')
     for k in ('images', 'captions', 'records', 'gold', 'answer_list'): p.add_argument('--' + k.replace('_', '-'), help=f'explicit {k} file')
-    p.add_argument('settings', nargs='*', help='InferConfig fields as key=value')
+    p.add_argument('--vd-tables', help='vd: id → text tables of a bare list of dialogs (default: <stem>_tables.json or tables.json beside it)')
+    p.add_argument('--path-map', action='append', default=[], metavar='OLD=NEW',
+                   help='rewrite image paths starting with the folder(s) OLD to start with NEW; repeatable (or path_map=OLD=NEW;…)')
+    p.add_argument('settings', nargs='*', help='InferConfig fields as key=value (preflight=false skips checking the inputs first)')
     a = p.parse_args(argv)
     try:
         rank, world, device = setup_distributed()
         model = X2VLM.from_pretrained(a.model, device=str(device))
         tok = load_tokenizer(a.tokenizer) if a.tokenizer else model.tokenizer
         if tok is None: raise CvlueError(f'{a.model}: no tokenizer saved with the model; pass --tokenizer')
-        files = {k: getattr(a, k) for k in ('images', 'captions', 'records', 'gold', 'answer_list')}
+        files = {k: getattr(a, k) for k in ('images', 'captions', 'records', 'gold', 'answer_list', 'vd_tables')}
+        settings = {'progress': True, **parse_overrides(a.settings)}
+        if a.path_map: settings['path_map'] = ';'.join(([settings['path_map']] if 'path_map' in settings else []) + a.path_map)
         res = evaluate_split(a.task, model, tok, a.data, a.split, out_dir=a.out, image_root=a.image_root, files=files,
-                             device=device, **{'progress': True, **parse_overrides(a.settings)})
+                             device=device, **settings)
     except BaseException as e:
         if dist.is_initialized() and dist.get_world_size() > 1: abort_distributed(e, 2)  # exit now, no barrier
         if not isinstance(e, (CvlueError, OSError)): raise

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['TASKS', 'KINDS', 'resolve', 'TaskSpec', 'register_task', 'get_task', 'load_plugins', 'task_names', 'itr_texts',
            'vqa_texts', 'vg_texts', 'vd_texts', 'itr_targets', 'answer_targets', 'box_targets', 'random_itr_targets',
-           'random_answer_targets', 'random_box_targets', 'split_files']
+           'random_answer_targets', 'random_box_targets', 'split_files', 'reader_args']
 
 # %% ../nbs/01a_tasks.ipynb #179a7e8a
 import importlib, importlib.util, os
@@ -27,7 +27,7 @@ def resolve(ref:str|Callable|None # a callable, or 'package.module:attribute'
     try: return getattr(importlib.import_module(mod), name)
     except (ImportError, AttributeError) as e: raise CvlueError(f'cannot resolve {ref!r}: {e}') from None
 
-# %% ../nbs/01a_tasks.ipynb #06a377ed
+# %% ../nbs/01a_tasks.ipynb #a88b5d62
 @dataclass(frozen=True)
 class TaskSpec:
     "Everything task-specific about one CVLUE task"
@@ -40,7 +40,7 @@ class TaskSpec:
     objective:str|Callable     # (model, batch, AGIConfig, generator) → dict of losses, with 'loss'
     predict:str|Callable       # (model, tokenizer, files, out_dir, InferConfig, image_root, device) → (written files, gold)
     score:str|Callable         # (gold, written files) → metrics dict
-    agi_items:str|Callable     # (task, file, image_root) → (GenItems, bad-record messages): what to draw
+    agi_items:str|Callable     # (task, file, image_root, **reader args) → (GenItems, bad-record messages): what to draw
     columns:dict               # metric key → the paper's column name, in Table 3's order
     texts:Callable             # records → every training text (the character tokenizer's corpus)
     text_field:str='text'      # the batch field the model reads as its text
@@ -48,6 +48,7 @@ class TaskSpec:
     random_targets:Callable|None=None # (rows, answer tokens, vocab size, generator) → random targets (benchmarks)
     inputs:tuple=('records',)  # roles of a split's input files: ('records',) or ('images', 'captions')
     extra_files:tuple=()       # other files of the task folder, by role (VQA: 'answer_list')
+    reader_kw:dict=field(default_factory=dict) # a run's file role → keyword of `reader` (VD: 'vd_tables' → 'tables')
     dataset_kw:tuple=()        # TrainConfig fields passed on to the dataset (VD: max_history)
     infer_kw:dict=field(default_factory=dict) # TrainConfig field → InferConfig field, beyond the common ones
     image_res:int=384          # the baseline's fine-tuning resolution on real data (base model)
@@ -171,13 +172,13 @@ register_task(TaskSpec(
         # 300 steps learnt only the language prior (image check Δ ≈ 3.5 points); 1000 steps use the image (Δ ≈ 7.5)
         synth=dict(task='vqa', batch_size=64, max_steps=1000, lr=1e-3, text_max_len=40, vqa_k=16, hflip=0.0, **_SYNTH, **_ANSWER))))
 
-# %% ../nbs/01a_tasks.ipynb #146501e1
+# %% ../nbs/01a_tasks.ipynb #1788d5ad
 register_task(TaskSpec(
     'vd', 'visual dialog', 'vd', 'VD', read_vd, VDDataset,
     objective='cvlue_nb.losses:vd_loss', predict='cvlue_nb.infer:predict_vd_split', score='cvlue_nb.infer:score_vd',
     agi_items='cvlue_nb.generate:vd_items', texts=vd_texts, text_field='context', targets=answer_targets,
     random_targets=random_answer_targets, columns={'r1': 'VD R@1', 'r5': 'VD R@5', 'r10': 'VD R@10'},
-    dataset_kw=('max_history',), image_res=384, agi_rewrite=True, agi_reuse='itr',
+    dataset_kw=('max_history',), reader_kw={'vd_tables': 'tables'}, image_res=384, agi_rewrite=True, agi_reuse='itr',
     bench_text=dict(tiny=(160, 8), base=(256, 8)), legacy={'k_test': None},
     presets=dict(
         cvlue=dict(task='vd', image_res=384, batch_size=8, accumulate=16, epochs=10, lr=3e-5, vision_lr=2e-5, text_lr=2e-5,
@@ -197,7 +198,7 @@ register_task(TaskSpec(
                    warmup=0.1, text_max_len=40, batch_size_test=32, hflip=0.5, **_CVLUE, **_BOX),
         synth=dict(task='vg', batch_size=64, max_steps=300, lr=1e-3, text_max_len=40, hflip=0.0, **_SYNTH, **_BOX))))
 
-# %% ../nbs/01a_tasks.ipynb #c96c1828
+# %% ../nbs/01a_tasks.ipynb #26414d9f
 def _first(folder:Path, names:list):
     return next((folder/n for n in names if (folder/n).is_file()), None)
 
@@ -216,9 +217,20 @@ def split_files(task:str,                 # a registered task
     if 'images' in spec.inputs:
         out.update(images=_first(d, [f'{split}_images.json'] + (['images.json'] if test else [])),
                    captions=_first(d, [f'{split}_captions.json'] + (['captions.json'] if test else [])))
-    for role in spec.extra_files: out[role] = _first(d, [f'{role}.json'])
+    beside = [Path(paths[r]).parent for r in spec.inputs if paths.get(r) is not None]   # folders of explicit inputs
+    for role in spec.extra_files:
+        out[role] = _first(d, [f'{role}.json']) or next((f for b in beside if (f := _first(b, [f'{role}.json']))), None)
     out.update({k: Path(v) for k, v in paths.items() if v is not None})
     if required and not (out['records'] or (out.get('images') and out.get('captions'))):
         raise CvlueError(f'{d}: no {task} {split} input file found (looked for {split}.json, {split}_{spec.folder}.json'
                          + (f', or {split}_images.json + {split}_captions.json)' if 'images' in spec.inputs else ')'))
     return out
+
+# %% ../nbs/01a_tasks.ipynb #7ce6dc8f
+def reader_args(task:str,       # a registered task
+                path_map=None,  # image-path rewrites (`cvlue_nb.data.PathMap`, 'OLD=NEW', rules separated by ';')
+                **files         # a run's files by role; those named in `TaskSpec.reader_kw` are passed on when set
+               ) -> dict:       # keyword arguments for the task's readers
+    "The keyword arguments of a task's readers: `path_map` always, the task's own files (VD: its tables) when given"
+    spec = get_task(task)
+    return dict(path_map=path_map, **{kw: files[r] for r, kw in spec.reader_kw.items() if files.get(r) is not None})

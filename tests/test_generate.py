@@ -97,12 +97,17 @@ def test_vd_reuses_itr_images(ds, tmp_path):
     assert (s['reused'], s['generated'], s['failed']) == (40, 0, 0)
 
 
-def test_bad_items_are_counted_not_fatal(ds, tmp_path, capsys):
+def test_bad_items_stop_the_job_first_or_are_counted_with_no_preflight(ds, tmp_path, capsys):
     d = tmp_path/'ds'; (d/'IC').mkdir(parents=True)
     recs = json.loads((ds/'IC'/'train.json').read_text(encoding='utf-8'))[:5]
     recs[1]['caption'] = []; recs[3]['image'] = 'images/train/nowhere.png'
     (d/'IC'/'train.json').write_text(json.dumps(recs, ensure_ascii=False), encoding='utf-8')
-    assert main(['--task', 'itr', '--data', str(d), '--image-root', str(ds), '--out', str(tmp_path/'o'), '--no-progress']) == 0
+    args = ['--task', 'itr', '--data', str(d), '--image-root', str(ds), '--out', str(tmp_path/'o'), '--no-progress']
+    assert main(args) == 1   # the preflight: both problems at once, before the first image
+    err = capsys.readouterr().err
+    assert 'generate: 2 problems in the inputs' in err and 'train.json[1].caption: no captions' in err and 'nowhere.png' in err
+    assert not (tmp_path/'o').exists()
+    assert main(args + ['--no-preflight']) == 0
     out = capsys.readouterr().out
     assert 'generated 3' in out and 'failed 2' in out
     assert 'train.json[1].caption: no captions' in out and 'nowhere.png' in out

@@ -137,6 +137,14 @@ def test_cli(bench, tmp_path, capsys):
         with pytest.raises(SystemExit) as e: main(['--task', 'vqa', '--model', str(root/'models'/'vqa'), '--out', str(tmp_path/'x')] + bad)
         assert e.value.code == 2
         assert msg in capsys.readouterr().err
+    recs = read_json(data/'VG/test.json'); recs[0]['image'] = 'images/test/gone.png'; recs[2]['image'] = 'images/test/lost.png'
+    (tmp_path/'test.json').write_text(json.dumps(recs, ensure_ascii=False), encoding='utf-8')
+    with pytest.raises(SystemExit) as e:   # the preflight: every missing image named, before anything is predicted
+        main(['--task', 'vg', '--model', str(root/'models'/'vg'), '--data', str(data), '--records', str(tmp_path/'test.json'),
+              '--out', str(tmp_path/'bad')])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'infer: 2 problems in the inputs' in err and 'gone.png' in err and 'lost.png' in err
+    assert not (tmp_path/'bad').exists()
 
 
 @pytest.mark.sample('evaluate_split on the real example records and images')
