@@ -8,7 +8,8 @@ __all__ = ['itr_scores', 'unwrap', 'model_device', 'load_pixels', 'tokenize', 'I
            'predict_itr', 'combine_scores', 'question_states', 'answer_loglik', 'load_answer_list', 'answer_scores',
            'rank_answers', 'beam_search', 'decode_text', 'generate_answers', 'rank_vd_options', 'predict_boxes',
            'InferConfig', 'score_itr', 'score_vd', 'score_vg', 'score_vqa', 'predict_itr_split', 'predict_vqa_split',
-           'predict_vg_split', 'vd_records', 'predict_vd_split', 'infer_problems', 'evaluate_split', 'main']
+           'predict_vg_split', 'vd_records', 'predict_vd_split', 'as_test', 'split_as_test', 'infer_problems',
+           'evaluate_split', 'main']
 
 # %% ../nbs/11_infer.ipynb #48f1f8ef
 import argparse, json, math, re, sys
@@ -22,7 +23,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from .core import CvlueError, read_json, atomic_write_json
 from .config import parse_overrides, coerce_value
-from .tasks import get_task, resolve, split_files, task_names, load_plugins
+from .tasks import get_task, resolve, split_files, task_names, load_plugins, reader_args
+from .splits import write_test_files
 from .model import X2VLM, load_tokenizer
 from .data import (load_image, apply_geom, Geom, cxcywh_to_xywh, read_itr, read_itr_test,
                            read_vqa, read_answer_list, read_vg, read_vd, VQADataset, VGDataset, VDDataset, Collate,
@@ -446,12 +448,9 @@ def _itr_inputs(fs, out_dir, cfg):
     if fs.get('images') and fs.get('captions'):
         t = read_itr_test(fs['images'], fs['captions'], path_map=cfg.path_map)
         return list(t.images), list(t.image_ids), list(t.captions), fs.get('gold')
-    items = read_itr(fs['records'], path_map=cfg.path_map)
+    items = read_itr(fs['records'], path_map=cfg.path_map)   # training-format records with a gold file given
     keys = [it.image for it in (read_itr(fs['records']) if cfg.path_map else items)]
-    gold = fs.get('gold') or Path(out_dir)/'gold_IC.json'
-    if not fs.get('gold') and is_main(cfg.distributed):
-        atomic_write_json(gold, [{'image': k, 'caption': it.captions} for k, it in zip(keys, items)], indent=1)
-    return [it.image for it in items], keys, list(dict.fromkeys(c for it in items for c in it.captions)), gold
+    return [it.image for it in items], keys, list(dict.fromkeys(c for it in items for c in it.captions)), fs.get('gold')
 
 def predict_itr_split(model, tok, fs, out_dir, cfg, image_root, device):
     "ITR: predict a split's items, write the submission on rank 0; returns (written files, gold file)"
@@ -515,11 +514,30 @@ def predict_vd_split(model, tok, fs, out_dir, cfg, image_root, device):
                                    image_res=cfg.image_res, device=device)
     recs = vd_records(ds, read() if cfg.path_map else None)
     sorts = [[r['answer_options'][p] for p in order] for r, order in zip(recs, _share(ds, cfg, fn))]
-    gold = fs.get('gold')
-    if gold is None and all(r['answer'] is not None for r in recs):
-        gold = Path(out_dir)/'gold_VD.json'
-        if is_main(cfg.distributed): atomic_write_json(gold, {'data': recs})
-    return (write_vd_submission(Path(out_dir)/'submit_VD.json', recs, sorts) if is_main(cfg.distributed) else None), gold
+    return (write_vd_submission(Path(out_dir)/'submit_VD.json', recs, sorts) if is_main(cfg.distributed) else None), fs.get('gold')
+
+# %% ../nbs/11_infer.ipynb #0ca33d43
+def as_test(task:str,     # a registered task
+            path,         # a file of the task
+            **reader_kw   # the reader's keyword arguments (`cvlue_nb.tasks.reader_args`; VD: `tables`)
+           ) -> dict|None: # role (images, captions, records, gold) → JSON object; None when `path` is not in the training format
+    "A training-format file of `task` as test inputs + gold (`TaskSpec.as_test`)"
+    spec = get_task(task)
+    return resolve(spec.as_test)(path, **reader_kw) if spec.as_test is not None else None
+
+def split_as_test(task:str, fs:dict,   # a registered task and its split's files (`split_files`)
+                  out_dir,             # where converted files go
+                  distributed:bool=True # rank 0 converts, every rank gets the file names
+                 ) -> dict:            # `fs`, or the converted files (images, captions | records; gold) in its place
+    "A split's files in the test layout: a training-format input without a gold file converted into `out_dir`"
+    spec = get_task(task)
+    if fs.get('gold') or not fs.get('records') or (fs.get('images') and fs.get('captions')): return fs
+    conv = None
+    if is_main(distributed):   # the file's own image paths: the path map applies when the converted files are read
+        c = as_test(task, fs['records'], **reader_args(task, None, **fs))
+        conv = None if c is None else write_test_files(c, out_dir, spec.folder)
+    conv = _broadcast(conv, distributed)
+    return fs if conv is None else {**fs, **conv, 'vd_tables': None}
 
 # %% ../nbs/11_infer.ipynb #40415c9f
 def infer_problems(task:str, fs:dict,  # a registered task and its split's files (`split_files`)
@@ -554,6 +572,7 @@ def evaluate_split(task:str, model, tokenizer,   # task, a trained `X2VLM` (DDP-
         probs = _broadcast(infer_problems(task, fs, root, cfg, None if cfg.progress else False) if is_main(cfg.distributed) else None, cfg.distributed)
         if probs: raise preflight_error(probs, 'infer') if is_main(cfg.distributed) else CvlueError('rank 0 found problems in the inputs')
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    fs = split_as_test(task, fs, out_dir, cfg.distributed)
     was_training, device = m.training, torch.device(device or model_device(m)); m.eval()
     try:
         with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp and device.type == 'cuda'):
@@ -573,7 +592,7 @@ def main(argv:list[str]|None=None): # command-line arguments (default: `sys.argv
     p.add_argument('--task', required=True, choices=task_names()); p.add_argument('--model', required=True, help='save_pretrained folder')
     p.add_argument('--data', required=True, help='dataset folder (or the task folder)')
     p.add_argument('--out', required=True, help='folder for the submission files and metrics_<task>.json')
-    p.add_argument('--split', default='test', help='split name (default: test)')
+    p.add_argument('--split', default='test', help='split name (default: test); a training-format file (val) is converted into the test layout in --out')
     p.add_argument('--image-root', help='folder of the image paths (default: --data)')
     p.add_argument('--tokenizer', help='tokenizer folder (default: the model folder\'s)')
     for k in ('images', 'captions', 'records', 'gold', 'answer_list'): p.add_argument('--' + k.replace('_', '-'), help=f'explicit {k} file')

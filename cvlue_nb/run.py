@@ -46,6 +46,7 @@ class TrainConfig:
     test_file:str|None=None        # test inputs (ITR: the images list) relative to data_root
     test_captions:str|None=None    # ITR test captions list
     gold_file:str|None=None        # gold answers of the test split (scored when present)
+    val_file:str|None=None         # validation split in the training format, relative to data_root (None: <TASK>/val.json when present)
     answer_list:str|None=None      # VQA answer list (None: the task folder's answer_list.json, else built from the training answers)
     image_root:str|None=None       # folder the image paths are relative to (None: data_root)
     path_map:str|None=None         # image-path rewrites OLD=NEW, several separated by ';' (e.g. pics/mosaiced-nocopy=images/train-valid)
@@ -98,6 +99,8 @@ class TrainConfig:
     keep_ckpts:int=2               # step checkpoints kept in the run folder
     log_every:int=10               # optimiser steps between TensorBoard/progress-bar updates
     eval:bool=True                 # evaluate on the test split after training
+    val:bool=True                  # score the validation split (val_file) at the end of training and every val_every epochs
+    val_every:int=0                # epochs between validations during training (0: only at the end)
     out:str|None=None              # run folder (None: <out_root>/<run name>)
     out_root:str='runs'            # parent of the default run folders
     resume:str='auto'              # auto: continue from the run folder's last checkpoint; never: start over; or a checkpoint path
@@ -113,8 +116,9 @@ def preset_yaml(task:str # a registered task
     "The shipped YAML of a task: a header comment, then the `cvlue` and `synth` presets"
     spec = get_task(task)
     head = (f'# cvlue_nb training presets for {task.upper()} (written by tools/make_configs.py from cvlue_nb.tasks: edit the registry, not this file)\n'
-            '# cvlue: the X²-VLM baseline\'s real-data hyper-parameters (x2vlm_facts.md §6) + the method (λ = γ = 0.5, AGI on)\n'
-            '# synth: the synthetic benchmark on a CPU (tiny model)\n')
+            '# cvlue: the X²-VLM baseline\'s real-data hyper-parameters (x2vlm_facts.md §6) + the method (λ = γ = 0.5, AGI on),\n'
+            '#        validated after every epoch\n'
+            '# synth: the synthetic benchmark on a CPU (tiny model), no validation (val=true turns it on)\n')
     return head + yaml.safe_dump({k: spec.presets[k] for k in ('cvlue', 'synth')}, allow_unicode=True, sort_keys=False)
 
 def configs_dir() -> Path:
@@ -187,6 +191,7 @@ def check_config(c:TrainConfig): # the configuration to check
     for k in ('batch_size', 'accumulate', 'epochs', 'ckpt_every', 'log_every', 'batch_size_test'):
         if getattr(c, k) < 1: raise CvlueError(f'{k} must be >= 1, got {getattr(c, k)}')
     if c.max_steps is not None and c.max_steps < 1: raise CvlueError(f'max_steps must be >= 1, got {c.max_steps}')
+    if c.val_every < 0: raise CvlueError(f'val_every must be >= 0 (0: validate only at the end), got {c.val_every}')
     if c.data == 'cvlue' and not c.data_root and not c.train_file: raise CvlueError('--data cvlue needs --data-root DIR')
     if c.vd_tables and 'vd_tables' not in spec.reader_kw: raise CvlueError(f'vd_tables is for visual dialog; task {c.task!r} reads no tables')
     PathMap(c.path_map)   # a malformed rule is an error now, not when the first file is read
@@ -201,7 +206,7 @@ def synth_root(cfg:TrainConfig, progress:bool=True) -> Path:
 # %% ../nbs/11a_run.ipynb #190b959b
 def data_files(cfg:TrainConfig,         # the run's configuration
                root:str|Path|None=None  # dataset folder (None: cfg.data_root)
-              ) -> dict:                # root, image_root, train, test, [captions], gold, answer_list: Paths or None
+              ) -> dict:                # root, image_root, train, test, [captions], gold, val, answer_list, vd_tables: Paths or None
     "The concrete files a run reads, from the task's layout and the `*_file` settings"
     root, spec = Path(root or cfg.data_root or '.'), get_task(cfg.task)
     pick = lambda v: root/v if v else None
@@ -212,8 +217,9 @@ def data_files(cfg:TrainConfig,         # the run's configuration
     train = tr['records'] or root/spec.folder/'train.json'
     if not train.exists(): raise CvlueError(f'{train}: training file not found (task {cfg.task}, data root {root})')
     gold = te['gold'] if te['gold'] is not None and te['gold'].exists() else None
+    val = split_files(cfg.task, root, 'val', required=False, records=pick(cfg.val_file))['records'] if cfg.val else None
     return dict(root=root, image_root=Path(cfg.image_root) if cfg.image_root else root, train=train,
-                test=te.get('images') or te['records'], captions=te.get('captions'), gold=gold,
+                test=te.get('images') or te['records'], captions=te.get('captions'), gold=gold, val=val,
                 answer_list=pick(cfg.answer_list) or tr.get('answer_list') or te.get('answer_list'),
                 vd_tables=pick(cfg.vd_tables))
 
@@ -365,7 +371,7 @@ def run_problems(cfg:TrainConfig,         # the run's configuration
                  decode:bool=True,        # decode every image (False: only check that each exists)
                  progress:bool|None=None  # decoding bars: None → only on a terminal
                 ) -> list[str]:           # one line per problem (none: the run can start)
-    "Every problem of what a run will read: training and test files and their images, gold, answer list, answer-guided images"
+    "Every problem of what a run will read: training, test and validation files and their images, gold, answer list, answer-guided images"
     spec = get_task(cfg.task)
     check = lambda fs: preflight_problems(spec.kind, fs, files['image_root'], cfg.path_map, files.get('vd_tables'), decode, progress)
     probs = check([files['train']])
@@ -373,7 +379,9 @@ def run_problems(cfg:TrainConfig,         # the run's configuration
         if files['test'] is None: probs.append(f'{files["root"]}: no {cfg.task} test input found (set test_file=…, or eval=false)')
         else: probs += check([files['test']] + ([files['captions']] if files.get('captions') else []))
         if cfg.gold_file and files['gold'] is None: probs.append(f'{files["root"]/cfg.gold_file}: gold file not found (gold_file=…)')
-        probs += check([(f, False) for f in (files['gold'], files.get('answer_list')) if f])   # gold images are keys, not inputs
+        if files['gold']: probs += check([(files['gold'], False)])   # gold images are keys, not inputs
+    if files.get('val'): probs += check([files['val']])
+    if (cfg.eval or files.get('val')) and files.get('answer_list'): probs += check([(files['answer_list'], False)])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try: records = read_train(cfg, files, skip_bad=True)   # the good records: their items need answer-guided images
@@ -442,7 +450,8 @@ def environment(world:int, device) -> dict:
     return env
 
 # %% ../nbs/11a_run.ipynb #492571af
-VOLATILE = ('resume', 'num_workers', 'log_every', 'eval', 'out', 'out_root', 'ckpt_every', 'keep_ckpts', 'batch_size_test', 'preflight')
+VOLATILE = ('resume', 'num_workers', 'log_every', 'eval', 'out', 'out_root', 'ckpt_every', 'keep_ckpts', 'batch_size_test', 'preflight',
+            'val', 'val_file', 'val_every')   # validation leaves training alone (its RNG use is undone)
 AGI_ONLY = ('lam', 'gamma', 'y_weight', 'agi_dir', 'ablation')  # no effect on a run with agi=false
 
 def migrate_config(saved:dict) -> dict:

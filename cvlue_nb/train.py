@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['checkpoints', 'save_checkpoint', 'gather_rng_states', 'resume_point', 'micro_generator', 'Progress', 'total_steps',
-           'Trainer', 'failure_point', 'evaluate_test', 'fit', 'parse_args', 'config_from_args', 'format_metrics',
-           'main', 'read_scalars', 'plot_curves', 'itr_examples', 'draw_pred_gold']
+           'Trainer', 'failure_point', 'evaluate_test', 'paper_line', 'paper_table', 'fit', 'parse_args',
+           'config_from_args', 'format_metrics', 'main', 'read_scalars', 'plot_curves', 'itr_examples',
+           'draw_pred_gold']
 
 # %% ../nbs/12_train.ipynb #fd15b8f4
 import argparse, contextlib, hashlib, json, os, shutil, signal, sys, time
@@ -22,11 +23,11 @@ from fastcore.basics import patch
 from .core import CvlueError, DataError, atomic_write_json, atomic_write_text, read_json, seed_everything
 from .data import preflight_error
 from .config import parse_overrides
-from .tasks import task_names, load_plugins
+from .tasks import task_names, load_plugins, get_task
 from .engine import (setup_distributed, cleanup_distributed, abort_distributed, build_optimizer, build_scheduler, ResumableSampler,
                              get_rng_state, set_rng_state, save_training_state, load_training_state)
 from .model import build_char_tokenizer, load_tokenizer
-from .infer import evaluate_split
+from .infer import evaluate_split, split_as_test
 from .metrics import itr_gold_index, first_hit
 from .text2img import draw_grounding_agi
 from .run import (TrainConfig, resolve_config, synth_root, data_files, read_train, train_dataset, train_texts,
@@ -173,17 +174,17 @@ def start_or_resume(self:Trainer):
         if diff: raise CvlueError(f'{run} holds a run with other settings {diff}{renamed_note(saved)}; '
                                   'use another out=…, or resume=never to start over')
     if ck is None:
-        self.prog = Progress()
+        self.prog, self.val_history = Progress(), []
         if self.main:
             if cfg.resume == 'never':
-                for d in ('checkpoints', 'tb', 'submission'): shutil.rmtree(run/d, ignore_errors=True)
+                for d in ('checkpoints', 'tb', 'submission', 'val'): shutil.rmtree(run/d, ignore_errors=True)
             run.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run/'config.json', asdict(cfg), indent=1)
             atomic_write_text(run/'config.yaml', yaml.safe_dump(asdict(cfg), allow_unicode=True, sort_keys=False))
         seed_everything(cfg.seed + self.rank)
     else:
         prog = load_training_state(ck, self.model, self.opt, self.sched, restore_rng=False)
-        rngs = prog.pop('rank_rngs')
+        rngs, self.val_history = prog.pop('rank_rngs'), prog.pop('val_history', [])   # older checkpoints: no history
         if len(rngs) != self.world: raise CvlueError(f'{ck} was written by {len(rngs)} processes; resume it with as many')
         set_rng_state(rngs[self.rank])
         self.prog = Progress(**prog)
@@ -218,13 +219,14 @@ def optimizer_step(self:Trainer):
 def checkpoint(self:Trainer):
     "Save a step checkpoint (every rank contributes its RNG state; rank 0 writes)"
     rngs = gather_rng_states(self.world)
-    if self.main: save_checkpoint(self.run, self.model, self.opt, self.sched, self.cfg.keep_ckpts, rngs, **asdict(self.prog))
+    if self.main: save_checkpoint(self.run, self.model, self.opt, self.sched, self.cfg.keep_ckpts, rngs,
+                                  val_history=self.val_history, **asdict(self.prog))
     self.barrier()
 
 # %% ../nbs/12_train.ipynb #7f3312a7
 @patch
 def train(self:Trainer):
-    "The training loop: micro-batches, accumulation, logging, checkpoints, until `total` optimiser steps"
+    "The training loop: micro-batches, accumulation, logging, validation, checkpoints, until `total` optimiser steps"
     cfg, p = self.cfg, self.prog
     tb = self.tensorboard()
     bar = tqdm(total=self.total, initial=p.step, desc=f'train {cfg.task}', disable=not self.show, dynamic_ncols=True)
@@ -240,6 +242,7 @@ def train(self:Trainer):
             self.optimizer_step(); p.step += 1; bar.update(); failure_point(self.rank, p.step)
             self.last_losses, acc = acc, {}
             if p.step % cfg.log_every == 0 or p.step == self.total: self.log_step(tb, bar)
+            if self.val_due(): self.validate(tb)   # before the checkpoint of the same step, which keeps the history
             if p.step % cfg.ckpt_every == 0 or p.step == self.total: self.checkpoint()
             if p.step >= self.total: break
     bar.close()
@@ -256,7 +259,10 @@ def failure_point(rank:int, step:int):
 def tensorboard(self:Trainer):
     "A SummaryWriter on rank 0 (appending after a resume), None elsewhere"
     if not self.main: return None
-    return SummaryWriter(str(self.run/'tb'), purge_step=self.prog.step or None)
+    tb = SummaryWriter(str(self.run/'tb'), purge_step=self.prog.step or None)
+    for h in getattr(self, 'val_history', []):   # the resumed step's validation: purged from the earlier logs with it
+        if self.prog.step and h['step'] == self.prog.step: self.log_val(tb, h)
+    return tb
 
 @patch
 def log_step(self:Trainer, tb, bar):
@@ -266,6 +272,12 @@ def log_step(self:Trainer, tb, bar):
     for i, g in enumerate(self.opt.param_groups): tb.add_scalar(f'lr/group{i}', g['lr'], self.prog.step)
     bar.set_postfix({k: f'{v:.3f}' for k, v in self.last_losses.items()})
 
+@patch
+def log_val(self:Trainer, tb, h:dict): # h: a validation record {epoch, step, metric: value}
+    "A validation's scores to TensorBoard as `val/<metric>` (rates only, not counts)"
+    for k, v in h.items():
+        if k not in ('epoch', 'step') and isinstance(v, float): tb.add_scalar(f'val/{k}', v, h['step'])
+
 # %% ../nbs/12_train.ipynb #7b68e9bf
 def evaluate_test(trainer:Trainer) -> dict:
     "Evaluate the trained model on the test split with `cvlue_nb.infer.evaluate_split` (authentic images only)"
@@ -274,17 +286,80 @@ def evaluate_test(trainer:Trainer) -> dict:
     return evaluate_split(t.cfg.task, t.model, t.tokenizer, t.files['root'], 'test', out_dir=t.run/'submission',
                           device=t.device, image_root=t.files['image_root'], files=files, **infer_settings(t.cfg))
 
+# %% ../nbs/12_train.ipynb #0a2aa4a9
+@patch
+def prepare_val(self:Trainer):
+    "The validation split in the test layout, converted once per run by rank 0 into `<run>/val/` (`val_files`; None: no validation)"
+    cfg, f, self.val_files = self.cfg, self.files.get('val'), None
+    if f is None:
+        return self.log('validation: off (val=false)' if not cfg.val else
+                        f'validation: none (no {get_task(cfg.task).folder}/val.json in {self.files["root"]}; val_file=… names one)')
+    fs = split_as_test(cfg.task, dict(records=f, vd_tables=self.files.get('vd_tables')), self.run/'val')
+    if not fs.get('gold'): raise CvlueError(f'{f}: the validation file is not in the training format (records with their answers); '
+                                            'val=false skips validation')
+    if 'answer_list' in get_task(cfg.task).extra_files:   # the test split's list, built once if the data has none
+        fs['answer_list'] = eval_files(cfg, self.files, self.records, self.run, self.main)['answer_list']; self.barrier()
+    self.val_files = fs
+    self.log(f'validation: {f} → {self.run/"val"}, ' + (f'every {cfg.val_every} epoch(s) and at the end' if cfg.val_every else 'at the end'))
+
+# %% ../nbs/12_train.ipynb #c514acd0
+@patch
+def val_due(self:Trainer) -> bool:
+    "Whether to validate after this optimiser step: at the end, and when it completes a multiple of `val_every` epochs"
+    cfg, p = self.cfg, self.prog
+    if getattr(self, 'val_files', None) is None: return False
+    if p.step == self.total: return True
+    before, now = (p.seen - cfg.accumulate) // self.micro_per_epoch, p.seen // self.micro_per_epoch   # epochs completed
+    return cfg.val_every > 0 and now // cfg.val_every > before // cfg.val_every
+
+# %% ../nbs/12_train.ipynb #4b411d9a
+@patch
+def validate(self:Trainer, tb=None) -> dict: # tb: the run's SummaryWriter (rank 0)
+    "Score the validation split now (every rank takes part); the global RNG is left as it was"
+    cfg, p, t0, rng = self.cfg, self.prog, time.time(), get_rng_state()
+    try: m = evaluate_split(cfg.task, self.model, self.tokenizer, self.files['root'], 'val', out_dir=self.run/'val', device=self.device,
+                            image_root=self.files['image_root'], files=self.val_files, **infer_settings(cfg))
+    finally: set_rng_state(rng)
+    h = dict(epoch=round(p.seen / self.micro_per_epoch, 2), step=p.step, **m)
+    self.val_history.append(h)
+    if tb is not None: self.log_val(tb, h)
+    self.log(f'validation at step {p.step} (epoch {h["epoch"]:g}, {time.time() - t0:.1f} s): {paper_line(cfg.task, m)}')
+    return m
+
+# %% ../nbs/12_train.ipynb #51005cd2
+def _pct(m:dict, k:str) -> str: return f'{100 * m[k]:.1f}' if isinstance(m.get(k), (int, float)) else '—'
+
+def paper_line(task:str, m:dict) -> str:
+    "The paper's columns of `task` in one line, in %"
+    return ', '.join(f'{name} {_pct(m, k)}' for k, name in get_task(task).columns.items())
+
+def paper_table(task:str,    # a registered task
+                splits:dict  # split name → metrics (splits without any of the task's metrics are left out)
+               ) -> str:     # a markdown table in %, '' when no split was scored
+    "The paper's Table 3 columns of `task`, one row per scored split"
+    cols = get_task(task).columns
+    rows = [(s, m) for s, m in splits.items() if m and any(k in m for k in cols)]
+    if not rows: return ''
+    return '\n'.join(['| split | ' + ' | '.join(cols.values()) + ' |', '|---' + '|---:' * len(cols) + '|',
+                      *('| ' + s + ' | ' + ' | '.join(_pct(m, k) for k in cols) + ' |' for s, m in rows)])
+
 # %% ../nbs/12_train.ipynb #5ea48e92
 @patch
 def finish(self:Trainer) -> dict:
-    "Save the final weights, evaluate, write metrics.json; returns the metrics record"
-    cfg = self.cfg
+    "Save the final weights, validate (unless done at this step), evaluate, write metrics.json; returns the metrics record"
+    cfg, hist = self.cfg, self.val_history
     self.model.eval()
     if self.main: self.model.save_pretrained(self.run/'model', self.tokenizer)
     train_s = time.time() - self.t0
+    if self.val_files and not any(h['step'] == self.prog.step for h in hist):   # e.g. a finished run given a validation file
+        tb = SummaryWriter(str(self.run/'tb')) if self.main else None
+        self.validate(tb)
+        if tb is not None: tb.close()
     metrics = (self.evaluate or evaluate_test)(self) if cfg.eval else {}
+    val = {k: v for k, v in hist[-1].items() if k not in ('epoch', 'step')} if hist and self.val_files else {}
     rec = dict(task=cfg.task, data=cfg.data, agi=cfg.agi, ablation=cfg.ablation, seed=cfg.seed, step=self.prog.step,
-               world_size=self.world, final_losses=getattr(self, 'last_losses', None), metrics=metrics,
+               world_size=self.world, final_losses=getattr(self, 'last_losses', None), metrics=metrics, val=val,
+               val_history=hist, val_file=str(self.files['val']) if self.val_files else None,
                train_seconds=round(train_s, 1), total_seconds=round(time.time() - self.t0, 1), run=str(self.run))
     if self.main: atomic_write_json(self.run/'metrics.json', rec, indent=1)
     self.barrier()
@@ -299,7 +374,7 @@ def fit(cfg:TrainConfig,         # the run's configuration
     rank, world, device = setup_distributed()
     try:
         t = Trainer(cfg, rank, world, device, evaluate, progress)
-        t.prepare_data(); t.prepare_model(); t.prepare_loader(); t.start_or_resume()
+        t.prepare_data(); t.prepare_model(); t.prepare_loader(); t.start_or_resume(); t.prepare_val()
         if t.prog.step < t.total: t.train()
         else: t.log(f'{t.run}: already trained ({t.prog.step} steps); evaluating')
         rec = t.finish()
@@ -350,7 +425,9 @@ def main(argv:list[str]|None=None): # command-line arguments (default: sys.argv[
     except (CvlueError, DataError) as e:
         print(f'error: {e}', file=sys.stderr); sys.exit(1)
     if int(os.environ.get('RANK', 0)) == 0:
-        print(format_metrics(rec)); print(json.dumps(rec['metrics'], ensure_ascii=False))
+        print(format_metrics(rec))
+        if table := paper_table(rec['task'], dict(val=rec['val'], test=rec['metrics'])): print(table)
+        print(json.dumps(rec['metrics'], ensure_ascii=False))   # the last line: the test metrics
 
 # %% ../nbs/12_train.ipynb #d81a7d7b
 def read_scalars(run:str|Path # a run folder (with `tb/`)
