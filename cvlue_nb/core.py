@@ -7,7 +7,7 @@ __all__ = ['CvlueError', 'DataError', 'read_json', 'atomic_path', 'atomic_write_
            'seed_everything', 'dist_info', 'is_main_process', 'cache_dir', 'cvlue_sample_dir']
 
 # %% ../nbs/00_core.ipynb #5108b365
-import hashlib, json, os, random, tempfile
+import hashlib, json, os, random, re, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,9 +31,40 @@ class DataError(CvlueError, ValueError):
         if self.field: loc += ('.' if loc else '') + self.field
         return loc + ': ' if loc else ''
 
+# %% ../nbs/00_core.ipynb #c0e1d2a3
+def _json_loc(path:tuple, key:str) -> tuple[int|None, str]:
+    "(record index, field) of `key` in the object at JSON `path`: records are a top-level list's or `dialogs`/`data` list's items"
+    if path and isinstance(path[0], int): i, rest = path[0], path[1:]
+    elif len(path) > 1 and path[0] in ('dialogs', 'data') and isinstance(path[1], int): i, rest = path[1], path[2:]
+    else: i, rest = None, path
+    part = lambda p: f'[{p}]' if isinstance(p, int) else f'.{p}' if re.fullmatch(r'[A-Za-z_]\w*', p) else f'[{p!r}]'
+    return i, ''.join(map(part, (*rest, key))).lstrip('.')
+
+def _find(node, target, path=()):
+    "The path of the object `target` (by identity) inside `node`, or None"
+    if node is target: return path
+    for k, v in node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ():
+        if isinstance(v, (dict, list)) and (p := _find(v, target, (*path, k))) is not None: return p
+
+def _parse(text:str, path:Path):
+    "`json.loads`, raising a `DataError` at the first object with a repeated key (JSON would keep only its last value)"
+    dups = []
+    def obj(pairs):
+        d = dict(pairs)
+        if len(d) < len(pairs): dups.append((d, pairs))
+        return d
+    data = json.loads(text, object_pairs_hook=obj)
+    if dups:
+        d, pairs = dups[0]; keys = [k for k, _ in pairs]
+        key = next(k for n, k in enumerate(keys) if k in keys[:n])
+        i, field = _json_loc(_find(data, d) or (), key)
+        more = f' (and {len(dups) - 1} more object{"s" * (len(dups) > 2)} with a repeated key)' if len(dups) > 1 else ''
+        raise DataError(f'duplicate key {key!r} in one object ({keys.count(key)} values; JSON readers keep only the last){more}', path, i, field)
+    return data
+
 # %% ../nbs/00_core.ipynb #af4cdf21
 def read_json(path:str|Path): # a JSON file (UTF-8, optionally with a BOM)
-    "Load a JSON file, raising `DataError` naming the file for missing, empty, non-UTF-8 or malformed content"
+    "Load a JSON file, raising `DataError` naming the file for missing, empty, non-UTF-8 or malformed content or a repeated key"
     path = Path(path)
     if not path.exists(): raise DataError('file not found', path)
     if path.is_dir(): raise DataError('is a folder, not a JSON file', path)
@@ -42,7 +73,7 @@ def read_json(path:str|Path): # a JSON file (UTF-8, optionally with a BOM)
     try: text = raw.decode('utf-8-sig')
     except UnicodeDecodeError as e:
         raise DataError(f'not UTF-8 (bad byte at offset {e.start}); re-save the file as UTF-8', path) from None
-    try: return json.loads(text)
+    try: return _parse(text, path)
     except json.JSONDecodeError as e:
         # an error at the very end, or a string that never closes, means the file was cut short
         cut = e.pos >= len(text.rstrip()) or e.msg.startswith('Unterminated string')

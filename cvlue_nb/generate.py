@@ -444,6 +444,8 @@ def _parser() -> argparse.ArgumentParser:
     a('--split', default='train'); a('--image-root', default=None, help='default: --data')
     a('--rewriter', default='auto', choices=['auto', 'rules', 'llm']); a('--llm-base-url'); a('--llm-model')
     a('--llm-cache', default=None, help='default: OUT/llm_cache.jsonl'); a('--llm-retries', type=int, default=5)
+    a('--llm-timeout', type=float, default=30.0, help='seconds one LLM request may take before it counts as a transient failure')
+    a('--llm-backoff', type=float, default=1.0, help='seconds before the first retry of a failed LLM request, doubled each retry (at most 30)')
     a('--model', help='diffusers: local folder or hub id'); a('--dtype', default=None, help='bf16, fp16 or fp32')
     a('--steps', type=int, default=30); a('--guidance', type=float, default=5.0); a('--negative-prompt')
     a('--height', type=int); a('--width', type=int); a('--cpu-offload', action='store_true')
@@ -471,7 +473,8 @@ def make_cli_rewriter(args):
     base, model = args.llm_base_url or os.environ.get('CVLUE_LLM_BASE_URL'), args.llm_model or os.environ.get('CVLUE_LLM_MODEL')
     if args.rewriter == 'llm' and not (base and model):
         raise CvlueError('--rewriter llm needs --llm-base-url and --llm-model (or CVLUE_LLM_BASE_URL / CVLUE_LLM_MODEL)')
-    rw = make_rewriter(base, model, cache_path=args.llm_cache or Path(args.out)/'llm_cache.jsonl', max_retries=args.llm_retries)
+    rw = make_rewriter(base, model, cache_path=args.llm_cache or Path(args.out)/'llm_cache.jsonl', max_retries=args.llm_retries,
+                       timeout=args.llm_timeout, backoff=args.llm_backoff)
     if isinstance(rw, RuleRewriter): return rw
     start_rewriter(rw, required=args.rewriter == 'llm')  # transient failures (429, 5xx, timeouts) are retried, not fatal
     return rw

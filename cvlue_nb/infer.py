@@ -28,7 +28,7 @@ from .splits import write_test_files
 from .model import X2VLM, load_tokenizer
 from .data import (load_image, apply_geom, Geom, cxcywh_to_xywh, read_itr, read_itr_test,
                            read_vqa, read_answer_list, read_vg, read_vd, VQADataset, VGDataset, VDDataset, Collate,
-                           preflight_problems, preflight_error, PathMap)
+                           preflight_problems, preflight_error, PathMap, gold_problems)
 from .metrics import (score_itr_files, score_vqa_files, score_vd_files, score_vg_files,
                               itr_rankings, write_itr_submission, write_vqa_submission, write_vd_submission,
                               write_vg_submission)
@@ -545,11 +545,12 @@ def infer_problems(task:str, fs:dict,  # a registered task and its split's files
                    cfg:InferConfig,    # the settings (`path_map`)
                    progress:bool|None=None # decoding bar: None → only on a terminal
                   ) -> list[str]:      # one line per problem
-    "Every problem of the files a split's evaluation reads: inputs and their images (decoded), gold, the task's extra files"
+    "Every problem of the files a split's evaluation reads: inputs and their images (decoded), gold (and that it matches the inputs), the task's extra files"
     spec = get_task(task)
     inputs = [fs[r] for r in spec.inputs] if all(fs.get(r) for r in spec.inputs) else [fs['records']]
-    extra = [(fs[r], False) for r in ('gold', *spec.extra_files) if fs.get(r)]   # gold images are keys, not inputs
-    return preflight_problems(spec.kind, inputs + extra, image_root, cfg.path_map, fs.get('vd_tables'), progress=progress)
+    extra = [(fs[r], False, 'gold' if r == 'gold' else None) for r in ('gold', *spec.extra_files) if fs.get(r)]   # gold images are keys, not inputs
+    probs = preflight_problems(spec.kind, inputs + extra, image_root, cfg.path_map, fs.get('vd_tables'), progress=progress)
+    return probs + ([str(p) for p in gold_problems(spec.kind, fs['gold'], inputs)] if fs.get('gold') else [])
 
 def evaluate_split(task:str, model, tokenizer,   # task, a trained `X2VLM` (DDP-wrapped is fine) and its tokenizer
                    data_dir, split:str='test',   # dataset folder and split

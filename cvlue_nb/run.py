@@ -24,7 +24,7 @@ from .core import CvlueError, atomic_write_json, cache_dir, is_main_process, rea
 from .config import apply_overrides
 from .tasks import TASKS, get_task, resolve, split_files, reader_args
 from .data import (ITRDataset, VQADataset, VDDataset, VGDataset, Collate, Geom, uniform, PathMap, item_key,
-                           preflight_problems, image_problems)
+                           preflight_problems, image_problems, gold_problems)
 from .synth import ensure_synth
 from .text2img import SceneBackend
 from .generate import generate_agis, load_agi_index, read_manifest
@@ -371,7 +371,7 @@ def run_problems(cfg:TrainConfig,         # the run's configuration
                  decode:bool=True,        # decode every image (False: only check that each exists)
                  progress:bool|None=None  # decoding bars: None → only on a terminal
                 ) -> list[str]:           # one line per problem (none: the run can start)
-    "Every problem of what a run will read: training, test and validation files and their images, gold, answer list, answer-guided images"
+    "Every problem of what a run will read: training, test and validation files and their images, gold (and that it matches the test file), answer list, answer-guided images"
     spec = get_task(cfg.task)
     check = lambda fs: preflight_problems(spec.kind, fs, files['image_root'], cfg.path_map, files.get('vd_tables'), decode, progress)
     probs = check([files['train']])
@@ -379,9 +379,12 @@ def run_problems(cfg:TrainConfig,         # the run's configuration
         if files['test'] is None: probs.append(f'{files["root"]}: no {cfg.task} test input found (set test_file=…, or eval=false)')
         else: probs += check([files['test']] + ([files['captions']] if files.get('captions') else []))
         if cfg.gold_file and files['gold'] is None: probs.append(f'{files["root"]/cfg.gold_file}: gold file not found (gold_file=…)')
-        if files['gold']: probs += check([(files['gold'], False)])   # gold images are keys, not inputs
+        probs += check([(files['gold'], False, 'gold')] if files['gold'] else [])   # gold images are keys, not inputs
+        if files['gold'] and files['test']:
+            ins = [files['test']] + ([files['captions']] if files.get('captions') else [])
+            probs += [str(p) for p in gold_problems(spec.kind, files['gold'], ins)]
     if files.get('val'): probs += check([files['val']])
-    if (cfg.eval or files.get('val')) and files.get('answer_list'): probs += check([(files['answer_list'], False)])
+    if (cfg.eval or files.get('val')) and files.get('answer_list'): probs += check([(files['answer_list'], False, 'answer_list')])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try: records = read_train(cfg, files, skip_bad=True)   # the good records: their items need answer-guided images

@@ -420,7 +420,7 @@ def test_vd_bare_list_reader(tmp_path):
     wj(tmp_path/'train_tables.json', {'id2question': t['id2question'], 'id2answer': t['id2answer']})
     with pytest.raises(DataError) as e: read_vd(tmp_path/'train.json')
     assert str(e.value).startswith(f"{tmp_path/'train.json'}[1].dialog[0].question: question id 9 not in id2question (image_id 8; tables: {tmp_path/'train_tables.json'})")
-    wj(tmp_path/'train_tables.json', {'id2question': {'0': 'q', 'zero': 'q'}, 'id2answer': []})
+    wj(tmp_path/'train_tables.json', {'id2question': {'0': 'q', 'zero': 'q'}, 'id2answer': t['id2answer']})
     with pytest.raises(DataError, match=r"train_tables\.json\.id2question\['zero'\]: id is not an integer"): read_vd(tmp_path/'train.json')
 
 def test_vd_organiser_format_on_the_synthetic_world(tmp_path):

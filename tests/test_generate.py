@@ -180,3 +180,27 @@ def test_llm_rewriter_through_the_job(ds, tmp_path, capsys, monkeypatch):
         assert main(['--task', 'vqa', '--data', str(ds), '--out', str(out), '--rewriter', 'llm', '--llm-base-url',
                      srv2.base_url, '--llm-model', 'm', '--no-progress']) == 0
         assert len(srv2.requests) <= 1                               # at most the probe (cached after the first run)
+
+
+@pytest.mark.parametrize('mode', ['llm', 'auto'])
+def test_job_waits_out_four_transient_failures_at_the_start(ds, tmp_path, capsys, caplog, monkeypatch, mode):
+    """Issue 13: the first four requests fail transiently (429, 500, a hang past the client timeout, malformed JSON);
+    the probe retries through them and the job completes with LLM prompts, under --rewriter llm and auto alike"""
+    from cvlue_nb.prompts import ScriptedChatServer
+    monkeypatch.setenv('OPENAI_API_KEY', 'sk-test-key')
+    out, t0 = tmp_path/'agi', time.perf_counter()
+    with ScriptedChatServer(script=[429, 500, 'timeout', 'malformed'], sleep=2.0) as srv:   # then 'ok' for good
+        rc = main(['--task', 'vqa', '--data', str(ds), '--out', str(out), '--rewriter', mode, '--llm-base-url', srv.base_url,
+                   '--llm-model', 'm', '--llm-retries', '4', '--llm-timeout', '0.5', '--llm-backoff', '0.05', '--limit', '8',
+                   '--no-progress'])
+        n_req = len(srv.requests)
+    logs, secs = capsys.readouterr(), time.perf_counter() - t0
+    assert rc == 0, logs.err
+    assert not any('did not answer' in m or 'cannot be used' in m or 'failed' in m for m in caplog.messages), caplog.messages
+    assert 'generated 8' in logs.out and 'prompts that fell back to rules: 0' in logs.out, logs.out
+    rows = read_manifest(out)
+    assert len(rows) == 8 and {r['rewriter'] for r in rows} == {'llm:m'}
+    assert {r['prompt_source'] for r in rows} == {'llm'} and not any(r['fell_back'] for r in rows)
+    assert n_req == 4 + 1 + 8                       # four failures, the probe's answer, one request per item
+    print(f'--rewriter {mode} after four transient failures: {secs:.1f} s')
+    assert secs < 20

@@ -139,9 +139,11 @@ def test_cli(bench, tmp_path, capsys):
         assert msg in capsys.readouterr().err
     recs = read_json(data/'VG/test.json'); recs[0]['image'] = 'images/test/gone.png'; recs[2]['image'] = 'images/test/lost.png'
     (tmp_path/'test.json').write_text(json.dumps(recs, ensure_ascii=False), encoding='utf-8')
+    gold = read_json(data/'VG/test_gold.json'); gold[0]['image'], gold[2]['image'] = recs[0]['image'], recs[2]['image']
+    (tmp_path/'test_gold.json').write_text(json.dumps(gold, ensure_ascii=False), encoding='utf-8')   # the gold of that test file
     with pytest.raises(SystemExit) as e:   # the preflight: every missing image named, before anything is predicted
         main(['--task', 'vg', '--model', str(root/'models'/'vg'), '--data', str(data), '--records', str(tmp_path/'test.json'),
-              '--out', str(tmp_path/'bad')])
+              '--gold', str(tmp_path/'test_gold.json'), '--out', str(tmp_path/'bad')])
     err = capsys.readouterr().err
     assert e.value.code == 2 and 'infer: 2 problems in the inputs' in err and 'gone.png' in err and 'lost.png' in err
     assert not (tmp_path/'bad').exists()

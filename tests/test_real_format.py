@@ -101,10 +101,12 @@ def test_preflight_stops_the_run_before_its_first_step(vd, tmp_path):
     gone_agi.unlink()
     test = read_json(vd/'VD'/'test.json'); test['dialogs'][1]['image'] = 'images/test/gone.png'
     atomic_write_json(tmp_path/'test.json', test)
+    gold = read_json(vd/'VD'/'test_gold.json'); gold['data'][1]['image'] = 'images/test/gone.png'   # still the test file's gold
+    atomic_write_json(tmp_path/'test_gold.json', gold)
     out = tmp_path/'run'
     t = run('cvlue_nb.train', '--task', 'vd', '--data', 'cvlue', '--data-root', vd, '--agi-dir', agi, '--out', out,
             'train_file=VD/train.json', 'vd_tables=VD/qa_tables.json', f'path_map={MAP}', f'test_file={tmp_path/"test.json"}',
-            f'gold_file={vd/"VD"/"test_gold.json"}', *TINY)
+            f'gold_file={tmp_path/"test_gold.json"}', *TINY)
     assert t.returncode == 1, t.stderr[-3000:]
     assert 'train: 2 problems in the inputs, found before the first step' in t.stderr, t.stderr[-3000:]
     assert str(vd/'images'/'test'/'gone.png') in t.stderr and str(gone_agi) in t.stderr and 'Traceback' not in t.stderr

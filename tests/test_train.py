@@ -187,10 +187,13 @@ def test_preflight_under_torchrun_ends_the_job_before_training(env, tmp_path, mo
     from cvlue_nb.run import resolve_config, synth_root
     monkeypatch.setenv('CVLUE_NB_CACHE', env['CVLUE_NB_CACHE'])
     root = synth_root(resolve_config('itr', 'synth', overrides=parse_overrides(SMALL)), progress=False)
-    images = read_json(root/'IC'/'test_images.json'); images[0] = 'images/test/gone.png'
+    images = read_json(root/'IC'/'test_images.json'); was, images[0] = images[0], 'images/test/gone.png'
     (tmp_path/'images.json').write_text(json.dumps(images), encoding='utf-8')
+    gold = [dict(g, image='images/test/gone.png') if g['image'] == was else g for g in read_json(root/'IC'/'test_gold.json')]
+    (tmp_path/'gold.json').write_text(json.dumps(gold, ensure_ascii=False), encoding='utf-8')   # the gold of that image list
     r, secs = torchrun(['--task', 'itr', *SMALL, 'max_steps=10', f'test_file={tmp_path/"images.json"}',
-                        f'test_captions={root/"IC"/"test_captions.json"}', f'out={tmp_path/"run"}'], env)
+                        f'test_captions={root/"IC"/"test_captions.json"}', f'gold_file={tmp_path/"gold.json"}',
+                        f'out={tmp_path/"run"}'], env)
     print(f'preflight under torchrun: exit {r.returncode} after {secs:.1f} s')
     assert r.returncode != 0 and secs < 60, (r.returncode, secs, r.stderr[-2000:])
     assert 'error on rank 0: train: 1 problem in the inputs' in r.stderr and str(root/'images'/'test'/'gone.png') in r.stderr, r.stderr[-3000:]
