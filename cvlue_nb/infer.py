@@ -585,6 +585,13 @@ def evaluate_split(task:str, model, tokenizer,   # task, a trained `X2VLM` (DDP-
         atomic_write_json(out_dir/f'metrics_{task}.json', dict(task=task, split=split, **metrics, config=asdict(cfg)), indent=1)
     return _broadcast(metrics, cfg.distributed)
 
+# %% ../nbs/11_infer.ipynb #d7e3b1c9
+def _run_defaults(model_dir) -> tuple[dict, dict]:
+    "(settings, files) of the run whose model folder `model_dir` is (`cvlue_nb.run.run_infer_defaults`); ({}, {}) otherwise"
+    if Path(model_dir).name != 'model' or not (Path(model_dir).parent/'config.json').is_file(): return {}, {}
+    from cvlue_nb.run import run_infer_defaults   # imported here: cvlue_nb.run comes later (11a) and loads torchvision
+    return run_infer_defaults(model_dir)
+
 # %% ../nbs/11_infer.ipynb #df9592a0
 def main(argv:list[str]|None=None): # command-line arguments (default: `sys.argv[1:]`)
     "Evaluate a saved model on a split: write the official submission files, print the metrics"
@@ -608,8 +615,14 @@ def main(argv:list[str]|None=None): # command-line arguments (default: `sys.argv
         tok = load_tokenizer(a.tokenizer) if a.tokenizer else model.tokenizer
         if tok is None: raise CvlueError(f'{a.model}: no tokenizer saved with the model; pass --tokenizer')
         files = {k: getattr(a, k) for k in ('images', 'captions', 'records', 'gold', 'answer_list', 'vd_tables')}
-        settings = {'progress': True, **parse_overrides(a.settings)}
-        if a.path_map: settings['path_map'] = ';'.join(([settings['path_map']] if 'path_map' in settings else []) + a.path_map)
+        user = parse_overrides(a.settings)
+        if a.path_map: user['path_map'] = ';'.join(([user['path_map']] if 'path_map' in user else []) + a.path_map)
+        run_kw, run_files = _run_defaults(a.model)   # a run's model folder: the run's own test-time settings
+        taken = {**{k: v for k, v in run_kw.items() if k not in user and getattr(InferConfig(), k) != v},
+                 **{k: v for k, v in run_files.items() if files[k] is None}}
+        if rank == 0 and taken: print(f'settings of the run {Path(a.model).parent}: ' + ', '.join(f'{k}={v}' for k, v in taken.items()))
+        files.update({k: v for k, v in run_files.items() if files[k] is None})
+        settings = {'progress': True, **run_kw, **user}
         res = evaluate_split(a.task, model, tok, a.data, a.split, out_dir=a.out, image_root=a.image_root, files=files,
                              device=device, **settings)
     except BaseException as e:

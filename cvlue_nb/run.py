@@ -9,7 +9,7 @@ __all__ = ['RECIPES', 'RECIPE_WHY', 'RENAMED', 'NO_CROP', 'VOLATILE', 'AGI_ONLY'
            'train_texts', 'text_fields', 'collate_fn', 'loss_batch', 'agi_source', 'agi_index', 'train_keys',
            'agi_problems', 'run_problems', 'build_model', 'load_init', 'agi_config', 'Objective', 'run_name', 'run_dir',
            'environment', 'migrate_config', 'config_diff', 'config_from_saved', 'renamed_note', 'infer_settings',
-           'train_answer_list', 'eval_files', 'answer_list_note']
+           'train_answer_list', 'eval_files', 'answer_list_note', 'run_infer_defaults']
 
 # %% ../nbs/11a_run.ipynb #dffe1e9f
 import dataclasses, json, platform, sys, time, warnings
@@ -532,3 +532,15 @@ def answer_list_note(cfg:TrainConfig, files:dict) -> str|None:
     if 'answer_list' not in spec.extra_files or files['answer_list']: return None
     return (f'{cfg.task}: no answer_list.json in {files["root"]/spec.folder} or beside the data files, and no answer_list=…: '
             'the test questions are ranked against the training answers')
+
+# %% ../nbs/11a_run.ipynb #b3d9e4a1
+def run_infer_defaults(model_dir # a `save_pretrained` folder; a training run writes it as `<run>/model`
+                      ) -> tuple[dict, dict]: # (InferConfig settings, files by role); ({}, {}) outside a run folder
+    "The settings (and answer list) the run that saved `model_dir` scored its test split with"
+    model_dir = Path(model_dir); run = model_dir.parent
+    if model_dir.name != 'model' or not (run/'config.json').is_file(): return {}, {}
+    cfg = config_from_saved(read_json(run/'config.json'))
+    kw = {k: v for k, v in infer_settings(cfg).items() if k != 'preflight'}   # `infer` checks its own inputs
+    own = run/'answer_list.json'   # built from the training answers when the data had none (`eval_files`)
+    keep = 'answer_list' in get_task(cfg.task).extra_files and not cfg.answer_list and own.is_file()
+    return kw, ({'answer_list': own} if keep else {})
