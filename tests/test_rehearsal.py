@@ -12,10 +12,12 @@ subprocesses, with `model=tiny` and a few items instead of the real data and the
 2. `python -m cvlue_nb.data validate` on every file (section 3);
 3. `python -m cvlue_nb.generate` for the four tasks: scene backend, rules rewriter, VD reusing ITR (section 5);
 4. `torchrun --nproc_per_node 2 -m cvlue_nb.train --data cvlue` for the four tasks, AGI on and off, `--init` a tiny
-   checkpoint in the CCLM layout and `--tokenizer` a saved tokenizer (section 6); test metrics in `metrics.json`;
+   checkpoint in the CCLM layout and `--tokenizer` a saved tokenizer (section 6); validation and test metrics in
+   `metrics.json`;
 5. `python -m cvlue_nb.infer` (ITR under torchrun, VQA, VD) on trained models: the same submission files and
    scores as the run (section 7);
-6. `python -m cvlue_nb.evaluate` on every written submission: its scores equal the run's `metrics.json` (section 7).
+6. `python -m cvlue_nb.evaluate` on every written submission, test and validation (gold: the training-format
+   `val.json`): its scores equal the run's `metrics.json` (section 7).
 
 Where the real sample is present (`../shared/cvlue_sample`, or `$CVLUE_SAMPLE`) the same steps run on it too, read in
 place: the guide's layout step links it into a data root (symlinks, never copies), `validate` checks every file,
@@ -153,15 +155,22 @@ def same_scores(evaluated: dict, metrics: dict):
     assert evaluated and {k: metrics.get(k) for k in evaluated} == evaluated, (evaluated, metrics)
 
 
-def check_run_metrics(run: Path, task: str, test_gold: Path, steps: int = 2) -> dict:
+def check_run_metrics(run: Path, task: str, test_gold: Path, val_gold: Path | None = None, steps: int = 2) -> dict:
     """What a finished run's `metrics.json` must hold, and that its scores are what `evaluate` gives on the files the
-    run wrote; the one place for every metric a run reports. Today: the test split. Returns the test metrics."""
+    run wrote; the one place for every metric a run reports: the test split (`metrics`, files in `submission/`) and the
+    validation split (`val`, files in `val/`, scored against the training-format `val_gold`; None: the run had no
+    validation file). Returns the test metrics."""
     m = read_json(run/'metrics.json')
     assert (m['task'], m['data'], m['step'], m['world_size']) == (task, 'cvlue', steps, 2), m
     assert all(v == v for v in m['final_losses'].values()), m['final_losses']                   # finite, no NaN
     cols = get_task(task).columns                                                               # the paper's columns
-    assert set(cols) <= set(m['metrics']) and all(0 <= m['metrics'][k] <= 1 for k in cols), m['metrics']
+    for split in ('metrics', 'val') if val_gold else ('metrics',):
+        assert set(cols) <= set(m[split]) and all(0 <= m[split][k] <= 1 for k in cols), (split, m[split])
     same_scores(evaluate_files(task, test_gold, run/'submission'), m['metrics'])
+    if val_gold is None: assert (m['val'], m['val_file']) == ({}, None), (m['val'], m['val_file'])
+    else:
+        assert m['val_file'] == str(val_gold) and m['val_history'][-1]['step'] == steps, (m['val_file'], m['val_history'])
+        same_scores(evaluate_files(task, val_gold, run/'val'), m['val'])
     return m['metrics']
 
 
@@ -263,7 +272,8 @@ def test_train_then_evaluate_its_submission(task, use_agi, runs, guide):
     out, p = runs[task, use_agi]
     ok(p)
     assert 'preflight: the inputs and their images checked' in p.stdout and 'Checkpoint import' in p.stdout
-    check_run_metrics(out, task, guide['DATA']/folder_of(task)/'test_gold.json')
+    folder = guide['DATA']/folder_of(task)
+    check_run_metrics(out, task, folder/'test_gold.json', folder/'val.json')
     assert ('kl' in read_json(out/'metrics.json')['final_losses']) == use_agi
     if task == 'vqa': assert 'ranked against the training answers' not in p.stdout   # VQA/answer_list.json of the layout
 
