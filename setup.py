@@ -24,7 +24,7 @@ setuptools.setup(
                + ['Programming Language :: Python :: ' + v for v in pythons[pythons.index(cfg['min_python']):]],
     packages=setuptools.find_packages(include=[lib, lib + '.*']),
     include_package_data=True,
-    package_data={lib: ['configs/*.yaml', 'reference/*.json']},
+    package_data={lib: ['configs/*.yaml', 'reference/*.json', 'pretrained/*.safetensors', 'pretrained/*.json']},
     install_requires=shlex.split(cfg.get('requirements', '')),
     extras_require={'dev': shlex.split(cfg.get('dev_requirements', ''))},
     python_requires='>=' + cfg['min_python'],

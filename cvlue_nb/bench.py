@@ -117,7 +117,8 @@ def bench_config(task:str,            # a registered task
                 ) -> TrainConfig:
     "The training configuration of a benchmark Trainer: the task's shipped preset, one micro-batch per optimiser step"
     if preset not in PRESET_DATA: raise CvlueError(f"unknown model preset {preset!r}; use {' or '.join(PRESET_DATA)}")
-    ov = dict(model=preset, batch_size=batch_size, agi=agi, seed=seed, accumulate=1, **overrides)
+    ov = dict(model=preset, batch_size=batch_size, agi=agi, seed=seed, accumulate=1, init=None)   # random weights: only speed counts
+    ov.update(overrides)
     if PRESET_DATA[preset] == 'cvlue': ov.setdefault('data_root', '.')  # resolve_config asks for one; the benchmark reads no data
     return resolve_config(task, PRESET_DATA[preset], overrides=ov)
 

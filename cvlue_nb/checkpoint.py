@@ -315,6 +315,9 @@ def _take(k:str, s:str, v:torch.Tensor, want:torch.Tensor, rep:ImportReport, bad
         n, m = _grid_side(v.shape[0]), _grid_side(want.shape[0])
         rep.resized[k] = f'{n}×{n}→{m}×{m}'
         return resize_rel_pos_bias(v, n, m)
+    if k.endswith('position_embeddings.weight') and v.shape[0] > want.shape[0] and v.shape[1:] == want.shape[1:]:
+        rep.resized[k] = f'{v.shape[0]}→{want.shape[0]} rows (the first: every position the model can use)'
+        return v[:want.shape[0]]
     if v.shape == want.shape:
         if s == k: rep.loaded.append(k)
         else: rep.copied[k] = s

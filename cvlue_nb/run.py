@@ -7,9 +7,9 @@ __all__ = ['RECIPES', 'RECIPE_WHY', 'RENAMED', 'NO_CROP', 'VOLATILE', 'AGI_ONLY'
            'recipe_table', 'resolve_config', 'check_config', 'synth_root', 'data_files', 'flip_only_geom', 'ITRNoCrop',
            'VQANoCrop', 'VDNoCrop', 'VGNoCrop', 'resolve_image_res', 'read_train', 'train_dataset', 'CvlueRandAugment',
            'train_texts', 'text_fields', 'collate_fn', 'loss_batch', 'agi_source', 'agi_index', 'train_keys',
-           'agi_problems', 'run_problems', 'build_model', 'load_init', 'agi_config', 'Objective', 'run_name', 'run_dir',
-           'environment', 'migrate_config', 'config_diff', 'config_from_saved', 'renamed_note', 'infer_settings',
-           'train_answer_list', 'eval_files', 'answer_list_note', 'run_infer_defaults']
+           'agi_problems', 'run_problems', 'run_tokenizer', 'build_model', 'load_init', 'agi_config', 'Objective',
+           'run_name', 'run_dir', 'environment', 'migrate_config', 'config_diff', 'config_from_saved', 'renamed_note',
+           'infer_settings', 'train_answer_list', 'eval_files', 'answer_list_note', 'run_infer_defaults']
 
 # %% ../nbs/11a_run.ipynb #dffe1e9f
 import dataclasses, json, platform, sys, time, warnings
@@ -30,6 +30,8 @@ from .text2img import SceneBackend
 from .generate import generate_agis, load_agi_index, read_manifest
 from .model import X2VLM, X2VLMConfig
 from .checkpoint import load_x2vlm_checkpoint
+from .pretrain import resolve_init, checkpoint_tokenizer
+from .model import build_char_tokenizer, load_tokenizer
 from .losses import AGIConfig
 from PIL import Image
 from torchvision.transforms import RandAugment, InterpolationMode
@@ -68,8 +70,8 @@ class TrainConfig:
     model:str='tiny'               # model preset: tiny or base
     model_kw:dict=field(default_factory=dict) # X2VLMConfig field overrides, e.g. {vision_depth: 4}
     image_res:int|None=None        # input side in pixels (None: the model preset's)
-    init:str|None=None             # pretrained weights: a .th/.pt checkpoint or a save_pretrained folder
-    tokenizer:str|None=None        # HF tokenizer folder (None: a character tokenizer built from the training texts)
+    init:str|None=None             # pretrained weights: a .th/.pt/.safetensors checkpoint, a save_pretrained folder, or a shipped name (synth-tiny)
+    tokenizer:str|None=None        # HF tokenizer folder (None: the init checkpoint's vocabulary if it records one, else a character tokenizer of the training texts)
     batch_size:int=64              # micro-batch over all processes (the baseline's --bs)
     accumulate:int=1               # micro-batches per optimiser step
     epochs:int=1                   # passes over the training set (ignored when max_steps is set)
@@ -391,6 +393,14 @@ def run_problems(cfg:TrainConfig,         # the run's configuration
         except CvlueError: return probs + ['answer-guided images not checked: the training file cannot be read']
     return probs + agi_problems(cfg, files, records, decode, progress)
 
+# %% ../nbs/11a_run.ipynb #334b4d0e
+def run_tokenizer(cfg:TrainConfig, # the run's configuration
+                  records          # the training records (their texts make a character tokenizer)
+                 ):                # an HF tokenizer
+    "The run's tokenizer: `tokenizer` folder, else the `init` checkpoint's vocabulary, else the training texts' characters"
+    if cfg.tokenizer: return load_tokenizer(cfg.tokenizer)
+    return checkpoint_tokenizer(cfg.init) or build_char_tokenizer(train_texts(cfg, records))
+
 # %% ../nbs/11a_run.ipynb #c64255dc
 def build_model(cfg:TrainConfig, # the run's configuration
                 tokenizer        # the run's tokenizer (its size sets the vocabulary of a tiny model)
@@ -409,8 +419,8 @@ def build_model(cfg:TrainConfig, # the run's configuration
 # %% ../nbs/11a_run.ipynb #4ca8eb3f
 def load_init(model:X2VLM, path:str|Path, task:str,
               tying_quirk:bool=False): # VQA/VD: reproduce the baseline's load order (MLM matrix → word embeddings)
-    "Load pretrained weights into `model`: a save_pretrained folder, or a checkpoint file via cvlue_nb.checkpoint"
-    p = Path(path)
+    "Load pretrained weights into `model`: a save_pretrained folder, or a checkpoint file (or shipped name) via cvlue_nb.checkpoint"
+    p = resolve_init(path)
     if p.is_dir():
         from safetensors.torch import load_model
         if not (p/'model.safetensors').exists(): raise CvlueError(f'{p}: no model.safetensors (not a save_pretrained folder)')

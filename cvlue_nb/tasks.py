@@ -139,7 +139,8 @@ def random_box_targets(n:int, La:int, vocab:int, g) -> dict:
 _SYNTH = dict(data='synth', model='tiny', image_res=64, accumulate=1, weight_decay=0.01, warmup=0.1, crop=False,
               num_workers=1, ckpt_every=100, log_every=10, synth_n_train=1000, synth_n_test=200, synth_size=64,
               synth_clutter=0.5, agi=True, ablation='none', recipe='clean', randaug=False,
-              val=False)     # the benchmark reports its test split; validating too would double the evaluation time
+              val=False,     # the benchmark reports its test split; validating too would double the evaluation time
+              init='synth-tiny')  # the shipped synthetic pretraining (cvlue_nb.pretrain), as the real runs start from CCLM-X²VLM
 _CVLUE = dict(data='cvlue', model='base', weight_decay=0.01, agi=True, ablation='none', recipe='baseline',
               val_every=1)   # the validation split (the paper's Table 3) after every epoch
 _ITR = dict(lam=0.5, gamma=0.5)                 # eq. 10
@@ -158,7 +159,8 @@ register_task(TaskSpec(
     presets=dict(
         cvlue=dict(task='itr', image_res=384, batch_size=16, accumulate=4, epochs=10, lr=3e-5, vision_lr=2e-5, text_lr=4e-5,
                    warmup=0.1, text_max_len=40, k_test=80, batch_size_test=32, hflip=0.5, **_CVLUE, **_ITR),
-        synth=dict(task='itr', batch_size=64, max_steps=400, lr=2e-3, text_max_len=40, k_test=16, itc_weight=10.0,
+        # 250 steps from synth-tiny: R@1 17.5/9.7 in 2 min 47 s; from scratch 400 steps gave 9.0/5.3 (cvlue_nb.pretrain)
+        synth=dict(task='itr', batch_size=64, max_steps=250, lr=2e-3, text_max_len=40, k_test=16, itc_weight=10.0,
                    hflip=0.0, **_SYNTH, **_ITR))))
 
 # %% ../nbs/01a_tasks.ipynb #24536193

@@ -32,7 +32,8 @@ from .metrics import itr_gold_index, first_hit
 from .text2img import draw_grounding_agi
 from .run import (TrainConfig, resolve_config, synth_root, data_files, read_train, train_dataset, train_texts,
                           collate_fn, loss_batch, agi_index, build_model, agi_config, Objective, run_dir, environment,
-                          config_diff, renamed_note, infer_settings, eval_files, run_problems, answer_list_note)
+                          config_diff, renamed_note, infer_settings, eval_files, run_problems, answer_list_note,
+                          run_tokenizer)
 
 # %% ../nbs/12_train.ipynb #590e374e
 def checkpoints(run:Path) -> list[Path]:
@@ -131,7 +132,7 @@ def preflight(self:Trainer):
 def prepare_model(self:Trainer, tokenizer=None): # tokenizer: given (benchmarks), else the run's
     "Tokenizer, model (same initial weights on every rank), DDP wrapper and optimiser"
     cfg = self.cfg
-    self.tokenizer = tokenizer or (load_tokenizer(cfg.tokenizer) if cfg.tokenizer else build_char_tokenizer(train_texts(cfg, self.records)))
+    self.tokenizer = tokenizer or run_tokenizer(cfg, self.records)
     seed_everything(cfg.seed)
     self.model = build_model(cfg, self.tokenizer).to(self.device)
     self.model.train()
