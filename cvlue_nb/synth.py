@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['COLOURS', 'COLOUR_ALIASES', 'SHAPES', 'SIZES', 'BACKGROUNDS', 'SCENE_COLOURS', 'SCENE_SHAPES', 'POSITIONS',
-           'CELL_WORDS', 'CN_NUM', 'EXTREME_WORDS', 'REL_WORDS', 'FACTS', 'FACT_WEIGHTS', 'MIN_BITS', 'QUESTIONS',
-           'QUESTION_WEIGHTS', 'SYNTH_VERSION', 'SPLITS', 'canonical_colour', 'position_word', 'SceneObject', 'Scene',
-           'object_geometry', 'object_box', 'draw_shape', 'render_scene', 'sample_scene', 'scene_signature', 'select',
-           'noun_phrase', 'ref_text', 'refer', 'holds', 'fact_at', 'fact_count', 'fact_none', 'fact_rel', 'fact_bg',
-           'fact_exact', 'phrase_fact', 'make_caption', 'fact_bits', 'captions_for', 'q_count', 'q_exist',
-           'q_attr_yesno', 'q_colour', 'q_shape', 'q_position', 'q_size', 'q_choice', 'q_same', 'questions_for',
-           'vg_refs', 'item_seed', 'make_item', 'write_itr', 'write_vqa', 'write_vg', 'VDTables', 'write_vd',
-           'write_scenes', 'load_scenes', 'save_png', 'generate', 'caption_fit', 'main', 'ensure_synth']
+           'CELL_WORDS', 'CN_NUM', 'EXTREME_WORDS', 'REL_WORDS', 'FACTS', 'FACT_WEIGHTS', 'MIN_BITS', 'COUNT_VALUES',
+           'QUESTIONS', 'QUESTION_WEIGHTS', 'SYNTH_VERSION', 'SPLITS', 'ASKED_KINDS', 'canonical_colour',
+           'position_word', 'SceneObject', 'Scene', 'object_geometry', 'object_box', 'draw_shape', 'render_scene',
+           'sample_scene', 'scene_signature', 'select', 'noun_phrase', 'ref_text', 'refer', 'holds', 'fact_at',
+           'fact_count', 'fact_none', 'fact_rel', 'fact_bg', 'fact_exact', 'phrase_fact', 'make_caption', 'fact_bits',
+           'captions_for', 'q_count', 'q_exist', 'q_attr_yesno', 'q_colour', 'q_shape', 'q_position', 'q_size',
+           'q_choice', 'q_same', 'questions_for', 'vg_refs', 'item_seed', 'make_item', 'write_itr', 'write_vqa',
+           'write_vg', 'VDTables', 'write_vd', 'write_scenes', 'load_scenes', 'save_png', 'generate', 'caption_fit',
+           'main', 'ensure_synth']
 
 # %% ../nbs/02_synth.ipynb #77ccb2cb
 import argparse, hashlib, json, math, random, sys, time
@@ -386,7 +387,9 @@ def captions_for(scene:Scene, rng:random.Random, # scene, chooser
     return out
 
 # %% ../nbs/02_synth.ipynb #d3e2348f
-def _qa(kind, q, a, full): return {'kind': kind, 'question': q, 'answer': a, 'full': full}
+COUNT_VALUES = range(5)  # a scene holds 1–4 objects, so a count is 0–4
+
+def _qa(kind, q, a, full, alts): return {'kind': kind, 'question': q, 'answer': a, 'full': full, 'alts': alts}
 def _obj_ref(scene, rng, exclude):
     i = rng.randrange(len(scene.objects)); d = refer(scene, i, rng, exclude=exclude)
     return (None, None) if d is None else (scene.objects[i], ref_text(d, rng))
@@ -397,9 +400,9 @@ def q_count(scene:Scene, rng:random.Random) -> dict|None:
     if rng.random() < .12: d = _random_desc(rng, list(d) or ['shape'])
     n, np_ = len(select(scene, d)), noun_phrase(d, rng)
     q = rng.choice([f'画面中有几个{np_}？', f'图中一共有几个{np_}？', f'图片里有几个{np_}？', f'{np_}有几个？'])
-    full = rng.choice([f'画面中有{CN_NUM[n]}个{np_}。', f'一共有{CN_NUM[n]}个{np_}。', f'有{CN_NUM[n]}个。'])
-    if n < 2: full = f'画面中只有一个{np_}。' if n else f'画面中没有{np_}。'
-    return _qa('count', q, str(n), full)
+    say = rng.choice([lambda m: f'画面中有{CN_NUM[m]}个{np_}。', lambda m: f'一共有{CN_NUM[m]}个{np_}。', lambda m: f'有{CN_NUM[m]}个。'])
+    full = lambda m: say(m) if m >= 2 else (f'画面中只有一个{np_}。' if m else f'画面中没有{np_}。')
+    return _qa('count', q, str(n), full(n), [(str(m), full(m)) for m in COUNT_VALUES])
 
 def q_exist(scene:Scene, rng:random.Random) -> dict|None:
     '"Is there …?" answered 有/没有, half of them true'
@@ -411,8 +414,11 @@ def q_exist(scene:Scene, rng:random.Random) -> dict|None:
     else: return None
     np_ = noun_phrase(d, rng)
     q = rng.choice([f'图中有{np_}吗？', f'画面里有{np_}吗？', f'画面中有没有{np_}？'])
-    full = rng.choice([f'是的，有{CN_NUM[n]}个{np_}。', f'有，图中有{CN_NUM[n]}个。']) if yes else rng.choice([f'没有，图中没有{np_}。', f'没有，画面里看不到{np_}。'])
-    return _qa('exist', q, '有' if yes else '没有', full)
+    t = rng.choice((0, 1))  # the wording, one draw as before
+    say_yes = lambda m: [f'是的，有{CN_NUM[m]}个{np_}。', f'有，图中有{CN_NUM[m]}个。'][t]
+    say_no = [f'没有，图中没有{np_}。', f'没有，画面里看不到{np_}。'][t]
+    return _qa('exist', q, '有' if yes else '没有', say_yes(n) if yes else say_no,
+               [('没有', say_no)] + [('有', say_yes(m)) for m in COUNT_VALUES if m])
 
 # %% ../nbs/02_synth.ipynb #c9f9d28c
 def _other(rng, values, v): return rng.choice([x for x in values if x != v])
@@ -421,25 +427,30 @@ def q_attr_yesno(scene:Scene, rng:random.Random) -> dict|None:
     '"Is the … red / a circle?" answered 是/否, half of them true'
     attr = rng.choice(['colour', 'shape']); o, ref = _obj_ref(scene, rng, (attr,))
     if o is None: return None
+    values = SCENE_COLOURS if attr == 'colour' else SCENE_SHAPES
     true = o.__dict__[attr]; yes = rng.random() < .5
-    v = true if yes else _other(rng, SCENE_COLOURS if attr == 'colour' else SCENE_SHAPES, true)
+    v = true if yes else _other(rng, values, true)
     q = f'{ref}是{v}的吗？' if attr == 'colour' else f'{ref}是{v}吗？'
-    tail = f'{true}的' if attr == 'colour' else f'一个{true}'
-    return _qa('yesno_' + attr, q, '是' if yes else rng.choice(['否', '否', '不是']), f'是的，它是{tail}。' if yes else f'不是，它是{tail}。')
+    tail = lambda x: f'{x}的' if attr == 'colour' else f'一个{x}'
+    alts = [('是', f'是的，它是{tail(x)}。') for x in values] + [('否', f'不是，它是{tail(x)}。') for x in values]
+    return _qa('yesno_' + attr, q, '是' if yes else rng.choice(['否', '否', '不是']),
+               f'是的，它是{tail(true)}。' if yes else f'不是，它是{tail(true)}。', alts)
 
 def q_colour(scene:Scene, rng:random.Random) -> dict|None:
     '"What colour is …?"'
     o, ref = _obj_ref(scene, rng, ('colour',))
     if o is None: return None
     q = rng.choice([f'{ref}是什么颜色的？', f'{ref}是什么颜色？', f'{ref}的颜色是什么？'])
-    return _qa('colour', q, o.colour, rng.choice([f'{ref}是{o.colour}的。', f'它是{o.colour}的。']))
+    say = rng.choice([lambda c: f'{ref}是{c}的。', lambda c: f'它是{c}的。'])
+    return _qa('colour', q, o.colour, say(o.colour), [(c, say(c)) for c in SCENE_COLOURS])
 
 def q_shape(scene:Scene, rng:random.Random) -> dict|None:
     '"What shape is …?"'
     o, ref = _obj_ref(scene, rng, ('shape',))
     if o is None: return None
     q = rng.choice([f'{ref}是什么形状的？', f'{ref}是什么形状？'])
-    return _qa('shape', q, o.shape, rng.choice([f'{ref}是一个{o.shape}。', f'它是一个{o.shape}。']))
+    say = rng.choice([lambda s: f'{ref}是一个{s}。', lambda s: f'它是一个{s}。'])
+    return _qa('shape', q, o.shape, say(o.shape), [(s, say(s)) for s in SCENE_SHAPES])
 
 # %% ../nbs/02_synth.ipynb #19781239
 def q_position(scene:Scene, rng:random.Random) -> dict|None:
@@ -448,22 +459,26 @@ def q_position(scene:Scene, rng:random.Random) -> dict|None:
     if o is None: return None
     p = position_word(o.cell)
     q = rng.choice([f'{ref}在什么位置？', f'{ref}在画面的哪里？', f'{ref}位于哪个位置？'])
-    return _qa('position', q, p, rng.choice([f'它在画面的{p}。', f'{ref}位于{p}。']))
+    say = rng.choice([lambda w: f'它在画面的{w}。', lambda w: f'{ref}位于{w}。'])
+    return _qa('position', q, p, say(p), [(w, say(w)) for w in map(position_word, CELL_WORDS)])
 
 def q_size(scene:Scene, rng:random.Random) -> dict|None:
     '"Is … big or small?"'
     o, ref = _obj_ref(scene, rng, ('size',))
     if o is None: return None
     q = rng.choice([f'{ref}是大的还是小的？', f'{ref}是大还是小？'])
-    return _qa('size', q, o.size, rng.choice([f'它是{o.size}的。', f'{ref}比较{o.size}。']))
+    say = rng.choice([lambda s: f'它是{s}的。', lambda s: f'{ref}比较{s}。'])
+    return _qa('size', q, o.size, say(o.size), [(s, say(s)) for s in SIZES])
 
 def q_choice(scene:Scene, rng:random.Random) -> dict|None:
     '"Is … A or B?" about colour or shape'
     attr = rng.choice(['colour', 'shape']); o, ref = _obj_ref(scene, rng, (attr,))
     if o is None: return None
-    true = o.__dict__[attr]; a, b = rng.sample([true, _other(rng, SCENE_COLOURS if attr == 'colour' else SCENE_SHAPES, true)], 2)
+    values = SCENE_COLOURS if attr == 'colour' else SCENE_SHAPES
+    true = o.__dict__[attr]; a, b = rng.sample([true, _other(rng, values, true)], 2)
     q = f'{ref}是{a}的还是{b}的？' if attr == 'colour' else f'{ref}是{a}还是{b}？'
-    return _qa('choice_' + attr, q, true, f'是{true}的。' if attr == 'colour' else f'它是一个{true}。')
+    say = (lambda x: f'是{x}的。') if attr == 'colour' else (lambda x: f'它是一个{x}。')
+    return _qa('choice_' + attr, q, true, say(true), [(x, say(x)) for x in values])
 
 # %% ../nbs/02_synth.ipynb #44c0d9b1
 def q_same(scene:Scene, rng:random.Random) -> dict|None:
@@ -474,8 +489,10 @@ def q_same(scene:Scene, rng:random.Random) -> dict|None:
     if di is None or dj is None: return None
     (ri, rj), (vi, vj) = (ref_text(di, rng), ref_text(dj, rng)), (scene.objects[i].__dict__[attr], scene.objects[j].__dict__[attr])
     w, yes, no = ('颜色', '一样', '不一样') if attr == 'colour' else ('形状', '相同', '不相同')
-    full = f'{yes}，都是{vi}。' if vi == vj else f'{no}，{ri}是{vi}，{rj}是{vj}。'
-    return _qa('same_' + attr, f'{ri}和{rj}的{w}{yes}吗？', yes if vi == vj else no, full)
+    say = lambda x, y: f'{yes}，都是{x}。' if x == y else f'{no}，{ri}是{x}，{rj}是{y}。'
+    values = SCENE_COLOURS if attr == 'colour' else SCENE_SHAPES
+    return _qa('same_' + attr, f'{ri}和{rj}的{w}{yes}吗？', yes if vi == vj else no, say(vi, vj),
+               [(yes if x == y else no, say(x, y)) for x in values for y in values])
 
 # %% ../nbs/02_synth.ipynb #78a9d9d7
 QUESTIONS = {'count': q_count, 'exist': q_exist, 'yesno': q_attr_yesno, 'colour': q_colour, 'shape': q_shape,
@@ -507,7 +524,7 @@ def vg_refs(scene:Scene, rng:random.Random, k:int=3) -> list: # scene, chooser, 
     return out
 
 # %% ../nbs/02_synth.ipynb #7ba8e110
-SYNTH_VERSION = '1.0'
+SYNTH_VERSION = '1.2'  # 1.2: VD options are counterfactuals of the gold, on rounds only the image decides
 SPLITS = ('train', 'val', 'test')
 
 def item_seed(*parts) -> int: # anything with a stable str(), e.g. (seed, 'train', 12)
@@ -566,19 +583,26 @@ def write_vg(out:Path, items:dict, size:int) -> None: # dataset folder, {split: 
     _dump(out/'VG'/'test_gold.json', recs['test'])
 
 # %% ../nbs/02_synth.ipynb #9f7a69cd
+ASKED_KINDS = ('count', 'colour', 'shape', 'position')  # rounds that carry answer options: only the image decides among their values
+
 class VDTables:
-    "Question and answer text tables shared by the dialogs, with the short answer behind each full answer"
+    "Question and answer text tables shared by the dialogs, with the (kind, short answer) behind each full answer"
     def __init__(self): self.q, self.a, self.akey = {}, {}, {}
     def qid(self, text:str) -> int: return self.q.setdefault(text, len(self.q))
-    def aid(self, qa:dict) -> int:
-        i = self.a.setdefault(qa['full'], len(self.a)); self.akey.setdefault(i, (qa['kind'], qa['answer'])); return i
-    def options(self, gold:int, own:set, rng:random.Random, n:int=100) -> list:
-        "`n` answer ids: `gold` and `n-1` distractors that are not in `own` and do not share gold's short answer"
-        pool, picked = len(self.a), {gold}
-        while len(picked) < n:
-            c = rng.randrange(pool)
-            if c not in own and self.akey[c] != self.akey[gold]: picked.add(c)
-        return rng.sample(sorted(picked), n)
+    def text_id(self, text:str, kind:str, short:str) -> int:
+        i = self.a.setdefault(text, len(self.a)); self.akey.setdefault(i, (kind, short)); return i
+    def aid(self, qa:dict) -> int: return self.text_id(qa['full'], qa['kind'], qa['answer'])
+    def alt_ids(self, qa:dict) -> list: return [self.text_id(t, qa['kind'], a) for a, t in qa['alts']]
+    def options(self, gold:int, alts:list, own:set, rng:random.Random, n:int=100) -> list:
+        "`n` answer ids: `gold`, its counterfactuals `alts`, then borrowed answers of the same kind, then any; none in `own`"
+        picked = [gold] + [a for a in dict.fromkeys(alts) if a != gold and a not in own][:n - 1]
+        kind, taken = self.akey[gold][0], set(picked)
+        free = [c for c in range(len(self.a)) if c not in taken and c not in own and self.akey[c] != self.akey[gold]]
+        for same_kind in (True, False):
+            pool = [c for c in free if (self.akey[c][0] == kind) == same_kind]
+            picked += rng.sample(pool, min(len(pool), n - len(picked)))
+        if len(picked) < n: raise CvlueError(f'only {len(picked)} answers to choose {n} options from')
+        return rng.sample(picked, n)
 
 # %% ../nbs/02_synth.ipynb #2317ec5e
 def _fill_answers(tab, seed, need=300):
@@ -594,6 +618,9 @@ def _vd_file(dialogs, tab):
     return {'dialogs': dialogs, 'id2question': {str(i): iq[i] for i in sorted(qs)}, 'id2answer': {str(i): ia[i] for i in sorted(as_)}}
 
 # %% ../nbs/02_synth.ipynb #85e4dd93
+def _asked(qas): # the rounds that may be asked: those of ASKED_KINDS (all, in the rare dialog without one)
+    return [j for j, qa in enumerate(qas) if qa['kind'] in ASKED_KINDS] or list(range(len(qas)))
+
 def write_vd(out:Path, items:dict, seed:int) -> None: # dataset folder, {split: [item]}, dataset seed
     "VD/{train,val,test}.json and test_gold.json"
     tab = VDTables()
@@ -603,12 +630,13 @@ def write_vd(out:Path, items:dict, seed:int) -> None: # dataset folder, {split: 
     for s in SPLITS:
         for it, rs in zip(items[s], rounds[s]):
             rng, own = random.Random(item_seed(seed, 'vd-options', it['image_id'])), {r['answer'] for r in rs}
-            head = {'image_id': it['image_id'], 'image': it['image'], 'caption': it['vd_caption']}
-            if s == 'val': rs = [dict(r, answer_options=tab.options(r['answer'], own, rng)) for r in rs]
+            opts = lambda j: tab.options(rs[j]['answer'], tab.alt_ids(it['vd'][j]), own, rng)
+            head, asked = {'image_id': it['image_id'], 'image': it['image'], 'caption': it['vd_caption']}, _asked(it['vd'])
+            if s == 'val': rs = [dict(r, answer_options=opts(j)) if j in asked else r for j, r in enumerate(rs)]
             if s == 'test':
-                k = rng.randint(1, len(rs)); last = rs[k - 1]; opts = tab.options(last['answer'], own, rng)
-                gold.append(dict(head, dialog_id=k, question=last['question'], answer_options=opts, answer=last['answer']))
-                rs = rs[:k - 1] + [{'question': last['question'], 'answer_options': opts}]
+                j = rng.choice(asked); last, o = rs[j], opts(j)
+                gold.append(dict(head, dialog_id=j + 1, question=last['question'], answer_options=o, answer=last['answer']))
+                rs = rs[:j] + [{'question': last['question'], 'answer_options': o}]
             dialogs[s].append(dict(head, dialog=rs))
     for s in SPLITS: _dump(out/'VD'/f'{s}.json', _vd_file(dialogs[s], tab), indent=None)
     _dump(out/'VD'/'test_gold.json', {'data': gold}, indent=None)

@@ -191,7 +191,7 @@ register_task(TaskSpec(
     presets=dict(
         cvlue=dict(task='vd', image_res=384, batch_size=8, accumulate=16, epochs=10, lr=3e-5, vision_lr=2e-5, text_lr=2e-5,
                    warmup=0.05, context_max_len=512, batch_size_test=1, hflip=0.0, **_CVLUE, **_ANSWER),
-        synth=dict(task='vd', batch_size=64, max_steps=300, lr=1e-3, context_max_len=256, hflip=0.0, **_SYNTH, **_ANSWER,
+        synth=dict(task='vd', batch_size=64, max_steps=300, lr=1e-3, context_max_len=144, max_history=2, hflip=0.0, **_SYNTH, **_ANSWER,
                    model_kw={'text_max_positions': 260}))))
 
 # %% ../nbs/01a_tasks.ipynb #e2de3043

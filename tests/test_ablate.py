@@ -75,15 +75,16 @@ def fake_records():
 def test_table3_exact_markdown():
     # ITR TR R@1: baseline .1/.2/.3 → 20.0 ± 10.0; AGI .2/.2/.5 → 30.0 ± 17.3; Δ .1/0/.2 → +10.0 ± 10.0
     # ITR IR R@1: baseline 20.0 ± 0.0; AGI .3/.4/.2 → 30.0 ± 10.0; Δ +10.0 ± 10.0; VQA: 50.0 ± 14.1 vs 50.0 ± 0.0, Δ +0.0 ± 14.1
+    # Δ intervals: ± t(.975, df) · sd / √n = 4.303 · 10 / √3 = 24.8 (ITR), 12.706 · 14.14 / √2 = 127.1 (VQA)
     assert ab.render_table(ab.TABLES[3], fake_records()) == '\n'.join([
         '| task | arm | seeds | TR R@1 | TR R@5 | TR R@10 | IR R@1 | IR R@5 | IR R@10 | VQA Acc |',
         '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
         '| ITR | baseline | 3 | 20.0 ± 10.0 | 30.0 ± 10.0 | 40.0 ± 10.0 | 20.0 ± 0.0 | 30.0 ± 0.0 | 40.0 ± 0.0 |  |',
         '| ITR | +AGI | 3 | 30.0 ± 17.3 | 40.0 ± 17.3 | 50.0 ± 17.3 | 30.0 ± 10.0 | 40.0 ± 10.0 | 50.0 ± 10.0 |  |',
-        '| ITR | Δ +AGI − baseline |  | +10.0 ± 10.0 | +10.0 ± 10.0 | +10.0 ± 10.0 | +10.0 ± 10.0 | +10.0 ± 10.0 | +10.0 ± 10.0 |  |',
+        '| ITR | Δ +AGI − baseline |  ' + '| +10.0 ± 10.0 [-14.8, +34.8] ' * 6 + '|  |',
         '| VQA | baseline | 2 |  |  |  |  |  |  | 50.0 ± 14.1 |',
         '| VQA | +AGI | 2 |  |  |  |  |  |  | 50.0 ± 0.0 |',
-        '| VQA | Δ +AGI − baseline |  |  |  |  |  |  |  | +0.0 ± 14.1 |'])
+        '| VQA | Δ +AGI − baseline |  |  |  |  |  |  |  | +0.0 ± 14.1 [-127.1, +127.1] |'])
 
 
 def test_table5_single_seed_missing_arm_and_failed_run():
