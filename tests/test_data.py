@@ -424,20 +424,23 @@ def test_vd_bare_list_reader(tmp_path):
     with pytest.raises(DataError, match=r"train_tables\.json\.id2question\['zero'\]: id is not an integer"): read_vd(tmp_path/'train.json')
 
 def test_vd_organiser_format_on_the_synthetic_world(tmp_path):
-    "The dress-rehearsal fixture: synthetic VD val (options on every answered round) → the organisers' layout → same data"
+    "The dress-rehearsal fixture: synthetic VD val (options on its asked rounds) → the organisers' layout → same data"
     from cvlue_nb.synth import generate
     ds = tmp_path/'synth'; generate(ds, 0, 2, 3, 2, 32, progress=False)
     org = write_vd_organiser_format(ds/'VD'/'val.json', ds/'VD_org', name='train')
     assert org.path_map == 'pics/mosaiced-nocopy=images/val'
     raw = json.loads(org.dialogs.read_text('utf-8'))
     assert isinstance(raw, list) and raw[0]['image'].startswith('pics/mosaiced-nocopy/val_') and len(raw[0]['dialog']) == 10
-    assert all(list(r) == ['answer', 'question', 'answer_options'] and len(r['answer_options']) == 100 for r in raw[0]['dialog'])
+    asked = [r for r in raw[0]['dialog'] if 'answer_options' in r]      # the synthetic VD asks only image-decided rounds
+    assert asked and all(list(r) == ['answer', 'question', 'answer_options'] and len(r['answer_options']) == 100 for r in asked)
+    assert all(list(r) == ['answer', 'question'] for r in raw[0]['dialog'] if 'answer_options' not in r)
     with pytest.raises(DataError, match=r'train\.json\[0\]\.image: image file not found: .*pics/mosaiced-nocopy/val_00000\.png'):
         read_vd(org.dialogs, image_root=ds)
     got, want = read_vd(org.dialogs, image_root=ds, path_map=[org.path_map]), read_vd(ds/'VD'/'val.json', image_root=ds)
     assert got.dialogs == want.dialogs and got.id2question == want.id2question and got.id2answer == want.id2answer
     assert validate('vd', org.dialogs, ds, path_map=org.path_map) == []
-    assert len(VDDataset(got, ds, image_res=8)) == 3 * 10
+    assert len(VDDataset(got, ds, image_res=8)) == sum(r.answer_options is not None for d in want.dialogs for r in d.rounds)  # rounds to rank
+    assert len(VDDataset(got, ds, image_res=8, train=True)) == 3 * 10                                                        # rounds to learn from
 
 # ---------------------------------------------------------------- the image-path map, in every reader
 def test_path_map_in_every_reader(tmp_path):
