@@ -9,7 +9,7 @@ from cvlue_nb.pretrain import (SHIPPED, CKPT_NAME, checkpoint_meta, checkpoint_t
 from cvlue_nb.run import resolve_config
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ['n_scenes=64', 'vocab_scenes=100', 'steps=4', 'batch_size=8', 'ckpt_every=2', 'log_every=2',
+SMALL = ['n_scenes=64', 'vocab_scenes=100', 'steps=4', 'box_warmup=2', 'warmup_scenes=16', 'batch_size=8', 'ckpt_every=2', 'log_every=2',
          'fingerprint_steps=2', 'exclude={seed: 3, n_train: 20, n_val: 5, n_test: 5}']
 
 def _cli(*args, **kw):
