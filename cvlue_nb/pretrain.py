@@ -9,7 +9,7 @@ __all__ = ['PLACE_WORDS', 'SCENE_WORDS', 'CKPT_NAME', 'SHIPPED', 'ADDED_OFF', 'P
            'word_ids', 'mask_tokens', 'mlm_loss', 'step_generator', 'pretrain_batch', 'box_losses', 'pretrain_loss',
            'box_warmup_batch', 'box_warmup_loss', 'cclm_state_dict', 'weights_sha256', 'save_cclm_checkpoint',
            'build_pretraining', 'train_step', 'pretrain', 'shipped_checkpoint', 'resolve_init', 'checkpoint_meta',
-           'recorded_config', 'checkpoint_tokenizer', 'verify_fingerprint', 'parse_args', 'main',
+           'recorded_config', 'checkpoint_tokenizer', 'verify_fingerprint', 'parse_args', 'main', 'seen_signatures',
            'pretraining_image_check']
 
 # %% ../nbs/10a_pretrain.ipynb #3c99fd96
@@ -537,9 +537,16 @@ def main(argv:list[str]|None=None): # command-line arguments (default: sys.argv[
 if __name__ == '__main__' and Path(globals().get('__file__', '')).name == 'pretrain.py': main()
 
 # %% ../nbs/10a_pretrain.ipynb #452f9b33
+def seen_signatures(cfg:PretrainConfig # the run's settings
+                   ) -> set:           # scene signatures
+    "The scenes a pretraining run must not be checked on: the benchmark's excluded ones and every scene it trains on"
+    ex = benchmark_signatures(**cfg.exclude)
+    return (ex | {scene_signature(pretrain_scene(cfg.data_seed, i, ex)[0]) for i in range(cfg.n_scenes)}
+               | {scene_signature(box_warmup_item(cfg.data_seed, i, ex)['scene']) for i in range(cfg.warmup_scenes)})
+
 def pretraining_image_check(init:str|Path='synth-tiny', # a checkpoint written by `pretrain`, or a shipped name
                             n:int=128,                  # held-out scenes
-                            data_seed:int=2             # their seed (the shipped checkpoint trained on seed 1)
+                            data_seed:int=2             # their seed (the shipped checkpoint trained on seed 1; its scenes are left out)
                            ) -> dict:                   # own / other → giou, giou_placefree, giou_place, itm; itc_r1
     "Box, ITM and ITC outputs of a pretraining checkpoint with each scene's own image and with another scene's"
     from safetensors.torch import load_file
@@ -548,7 +555,7 @@ def pretraining_image_check(init:str|Path='synth-tiny', # a checkpoint written b
     cfg = recorded_config(meta); tok = build_char_tokenizer(vocab=meta['vocab'])
     model = X2VLMPretrain(pretrain_model_config(len(meta['vocab']), cfg.image_res, **cfg.model_kw))
     model.load_state_dict(load_file(str(path))); model.eval()
-    scenes = PretrainScenes(PretrainConfig(**{**asdict(cfg), 'data_seed': data_seed, 'n_scenes': n}))
+    scenes = PretrainScenes(PretrainConfig(**{**asdict(cfg), 'data_seed': data_seed, 'n_scenes': n}), exclude=seen_signatures(cfg))
     its = [scenes[i] for i in range(n)]
     refs, caps = [it['refs'][0] for it in its], [it['captions'][0] for it in its]
     place = torch.tensor([any(w in t for w in PLACE_WORDS) for t, _ in refs])
