@@ -88,11 +88,12 @@ def test_table3_exact_markdown():
 
 
 def test_table5_single_seed_missing_arm_and_failed_run():
-    # NOISE has one seed (value alone); RANDOM only failed (no row, no Δ row); Δ AGI − NOISE paired on seed 0 only
+    # NOISE has one seed (value alone); RANDOM only failed (no row, no Δ row); Δ AGI − NOISE and NOISE − baseline on seed 0 only
     assert ab.render_table(ab.TABLES[5], fake_records()).splitlines()[2:] == [
         '| ITR | +AGI | 3 | 30.0 ± 17.3 | 40.0 ± 17.3 | 50.0 ± 17.3 | 30.0 ± 10.0 | 40.0 ± 10.0 | 50.0 ± 10.0 |  |',
         '| ITR | NOISE | 1 | 10.0 | 20.0 | 30.0 | 10.0 | 20.0 | 30.0 |  |',
         '| ITR | Δ +AGI − NOISE |  | +10.0 | +10.0 | +10.0 | +20.0 | +20.0 | +20.0 |  |',
+        '| ITR | Δ NOISE − baseline |  | +0.0 | +0.0 | +0.0 | -10.0 | -10.0 | -10.0 |  |',  # Table 3's baseline, seed 0
         '| VQA | +AGI | 2 |  |  |  |  |  |  | 50.0 ± 0.0 |']
     assert ab.render_table(ab.TABLES[4], [rec('vqa', 'agi', 0, acc=.5)]) == ''
 
