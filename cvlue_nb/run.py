@@ -8,11 +8,12 @@ __all__ = ['RECIPES', 'RECIPE_WHY', 'RENAMED', 'NO_CROP', 'VOLATILE', 'AGI_ONLY'
            'VQANoCrop', 'VDNoCrop', 'VGNoCrop', 'resolve_image_res', 'read_train', 'train_dataset', 'CvlueRandAugment',
            'train_texts', 'text_fields', 'collate_fn', 'loss_batch', 'agi_source', 'agi_index', 'train_keys',
            'agi_problems', 'run_problems', 'run_tokenizer', 'build_model', 'load_init', 'agi_config', 'Objective',
-           'run_name', 'run_dir', 'environment', 'migrate_config', 'config_diff', 'config_from_saved', 'renamed_note',
-           'infer_settings', 'train_answer_list', 'eval_files', 'answer_list_note', 'run_infer_defaults']
+           'run_name', 'run_dir', 'source_commit', 'environment', 'migrate_config', 'config_diff', 'config_from_saved',
+           'renamed_note', 'infer_settings', 'train_answer_list', 'eval_files', 'answer_list_note',
+           'run_infer_defaults']
 
 # %% ../nbs/11a_run.ipynb #dffe1e9f
-import dataclasses, json, platform, sys, time, warnings
+import dataclasses, json, platform, subprocess, sys, time, warnings
 from collections import Counter
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
@@ -452,11 +453,23 @@ def run_dir(cfg:TrainConfig) -> Path:
     "The run folder of `cfg`"
     return Path(cfg.out) if cfg.out else Path(cfg.out_root)/run_name(cfg)
 
+def source_commit(root:str|Path|None=None, # a checkout; default: the one `cvlue_nb` is imported from
+                  package:str='cvlue_nb'    # the folder whose uncommitted changes make it '+dirty'
+                 ) -> str|None:             # the commit hash, or None outside a git checkout (a pip install)
+    "The git commit the code runs from, with '+dirty' when the package folder differs from it"
+    root = Path(root) if root else Path(cvlue_nb.__file__).resolve().parent.parent
+    if not (root/'.git').exists(): return None
+    def git(*args): return subprocess.run(['git', '-C', str(root), *args], capture_output=True, text=True, timeout=30)
+    try: head, diff = git('rev-parse', 'HEAD'), git('diff', '--quiet', 'HEAD', '--', package)
+    except (OSError, subprocess.SubprocessError): return None   # no git on this machine: the record says so by None
+    if head.returncode: return None
+    return head.stdout.strip() + ('+dirty' if diff.returncode else '')
+
 def environment(world:int, device) -> dict:
-    "Versions, world size and device of this run (written to env.json)"
+    "Versions, source commit, world size and device of this run (written to env.json)"
     import transformers, timm
     env = dict(python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
-               transformers=transformers.__version__, timm=timm.__version__, cvlue_nb=cvlue_nb.__version__,
+               transformers=transformers.__version__, timm=timm.__version__, cvlue_nb=cvlue_nb.__version__, commit=source_commit(),
                world_size=world, device=str(device), cpu_threads=torch.get_num_threads(), argv=sys.argv,
                started=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
     if device.type == 'cuda': env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
